@@ -1,0 +1,21 @@
+"""Errors a user can cause. The CLI prints their message as one line on stderr and exits 2."""
+
+
+class UserError(Exception):
+    """Bad input: the message names the problem and the fix."""
+
+
+class ConfigError(UserError):
+    """An experiment spec that cannot be run (unknown key, wrong type, impossible value)."""
+
+
+class DataMissing(UserError):
+    """A dataset is not on disk; the message says where we looked and how to get it."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint or pretrained file that is truncated, corrupt or fails its checksum."""
+
+
+class NumericalFault(Exception):
+    """A NaN or inf loss: the run stops, keeps its last good checkpoint and records the failure."""
