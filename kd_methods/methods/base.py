@@ -159,9 +159,12 @@ class Distiller(nn.Module):
         """The networks evaluated each epoch, first one is the run's headline model."""
         return {"student": self.student}
 
-    def forward(self, images: Tensor) -> Tensor:
-        """Inference: the headline model."""
-        return next(iter(self.eval_models().values()))(images)
+    def forward(self, images: Tensor, targets: Tensor | None = None, ctx: StepContext | None = None):
+        """With targets: a training step's (logits, losses), so DDP can wrap the whole distiller.
+        Without: inference with the headline model."""
+        if targets is None:
+            return next(iter(self.eval_models().values()))(images)
+        return self.forward_train(images, targets, ctx)
 
     # -- helpers for subclasses -------------------------------------------------------------------
     @torch.inference_mode()
