@@ -1,0 +1,48 @@
+# kd-bench: `make test` runs the tests, `make smoke` trains on the embedded synthetic data.
+# The first target that needs Python creates .venv and installs the package (torch pinned in constraints.txt).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+BUDGET ?= paper
+DATA   ?= auto
+KD     := $(PY) -m kd_methods.cli
+ARGS   := --budget $(BUDGET) --data $(DATA)
+
+.PHONY: all install test test-fast smoke reproduce-feed reproduce-dml reproduce-fitnets reproduce-fsp \
+        reproduce-tsd reproduce-all report bench ddp-smoke clean-runs
+
+all: install
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+test: install
+	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not slow"
+
+smoke: install
+	$(KD) run configs/scratch_resnet20_synthetic.yaml --budget paper --data synthetic
+
+reproduce-feed reproduce-dml reproduce-fitnets reproduce-fsp reproduce-tsd: install
+	$(KD) reproduce $(@:reproduce-%=%) $(ARGS)
+
+reproduce-all: reproduce-feed reproduce-dml reproduce-fitnets reproduce-fsp reproduce-tsd
+
+report: install
+	$(KD) report
+
+bench: install
+	$(KD) bench
+
+ddp-smoke: install
+	$(PY) -m kd_methods.ddp_check
+
+clean-runs:
+	rm -rf runs

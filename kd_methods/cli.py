@@ -1,0 +1,136 @@
+"""`kd-bench`: run one experiment, reproduce a paper's tables, render reports, benchmark speed.
+
+Errors a user can cause (bad config, missing data, corrupt checkpoint) print one line on stderr and exit
+with status 2; nothing is written before the config has been validated.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import NumericalFault, UserError
+
+PAPERS = ("feed", "dml", "fitnets", "fsp", "tsd")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--budget", default=os.environ.get("BUDGET", "paper"), choices=["smoke", "short", "paper"],
+                   help="paper: the paper's protocol; short: 1/10 schedules; smoke: a few steps on synthetic data")
+    p.add_argument("--data", default=os.environ.get("DATA", "auto"), choices=["auto", "synthetic", "real"],
+                   help="dataset source: auto = real data, synthetic under --budget smoke")
+    p.add_argument("--data-root", default=os.environ.get("KD_DATA", "data"), help="where real datasets live")
+    p.add_argument("--runs-dir", default=os.environ.get("KD_RUNS", "runs"), help="run folders (checkpoints)")
+    p.add_argument("--results-dir", default=os.environ.get("KD_RESULTS", "results"), help="runs.csv and reports")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--compile", action="store_true", help="torch.compile the student and teachers")
+    p.add_argument("--no-amp", action="store_true", help="train in fp32 on CUDA (default: bf16 autocast)")
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars (default: on an interactive terminal outside CI)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kd-bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="train one experiment spec (YAML)")
+    p.add_argument("config", help="path of a YAML experiment spec, e.g. configs/smoke_resnet20.yaml")
+    p.add_argument("--seed", type=int, default=None, help="override the spec's seed")
+    _common(p)
+
+    p = sub.add_parser("reproduce", help="train every missing run of a paper's tables, then render its report")
+    p.add_argument("paper", choices=PAPERS)
+    p.add_argument("--tables", nargs="*", default=None, help="only these tables (e.g. table1 table2)")
+    _common(p)
+
+    p = sub.add_parser("report", help="re-render tables and plots from results/<paper>/runs.csv")
+    p.add_argument("papers", nargs="*", default=list(PAPERS))
+    p.add_argument("--results-dir", default=os.environ.get("KD_RESULTS", "results"))
+    p.add_argument("--runs-dir", default=os.environ.get("KD_RUNS", "runs"))
+
+    p = sub.add_parser("bench", help="time training steps against a textbook reference loop")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="results/bench")
+    p.add_argument("--quick", action="store_true", help="fewer repeats (for CI)")
+
+    p = sub.add_parser("download", help="download a dataset with checksum verification (needs internet)")
+    p.add_argument("name", choices=["cifar10", "cifar100", "svhn", "mnist"])
+    p.add_argument("--data-root", default=os.environ.get("KD_DATA", "data"))
+    return parser
+
+
+def _context(args):
+    from .engine.trainer import EngineOptions
+    from .runs.runner import RunContext
+    from .runs.store import RunStore
+
+    opts = EngineOptions(device=args.device, amp=not args.no_amp, compile=args.compile,
+                         progress=args.progress, deterministic=args.deterministic)
+    return RunContext(store=RunStore(args.runs_dir), results_dir=Path(args.results_dir), opts=opts,
+                      log=lambda msg: print(msg, flush=True))
+
+
+def cmd_run(args) -> int:
+    from .runs.runner import execute
+    from .runs.spec import load_spec, resolve
+
+    spec = load_spec(args.config)
+    if args.seed is not None:
+        spec.seed = args.seed
+    cfg = resolve(spec, args.budget, data=args.data, data_root=args.data_root)
+    result = execute(cfg, _context(args))
+    print(f"run {cfg['run_id']}: top-1 error {result['top1_err']:.2f}% (best {result['best_top1_err']:.2f}%), "
+          f"top-5 error {result['top5_err']:.2f}% after {result['epochs']} epochs -> "
+          f"{Path(args.runs_dir) / cfg['run_id']}")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from benchmarks import reproduce
+    reproduce(args.paper, budget=args.budget, data=args.data, data_root=args.data_root,
+              ctx=_context(args), tables=args.tables)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import render_all
+    render_all(args.papers, results_dir=Path(args.results_dir), runs_dir=Path(args.runs_dir))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import main as bench_main
+    return bench_main(device=args.device, out=Path(args.out), quick=args.quick)
+
+
+def cmd_download(args) -> int:
+    from .data import download
+    download(args.name, args.data_root)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "reproduce": cmd_reproduce, "report": cmd_report, "bench": cmd_bench,
+            "download": cmd_download}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .engine import distributed as dist
+    try:
+        dist.init_from_env()
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"kd-bench: error: {e}", file=sys.stderr)
+        return 2
+    except NumericalFault as e:
+        print(f"kd-bench: training diverged: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("kd-bench: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

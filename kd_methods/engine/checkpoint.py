@@ -1,0 +1,92 @@
+"""Atomic, verifiable checkpoints.
+
+`save_atomic` writes to a temporary file in the same folder, fsyncs it, keeps the previous checkpoint as
+`<name>.prev` and renames the new one into place, so a kill at any moment leaves at least one complete
+checkpoint. `load_checkpoint` falls back to the previous one when the newest is truncated or corrupt.
+Everything is loaded with `weights_only=True`: a checkpoint can hold tensors and plain data, never code.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, write) -> None:
+    """Call `write(file)` on a temporary file, fsync, then rename over `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def save_atomic(state: dict, path: Path, keep_previous: bool = True) -> None:
+    path = Path(path)
+    if keep_previous and path.exists():
+        os.replace(path, path.with_name(path.name + ".prev"))
+    write_atomic(path, lambda f: torch.save(state, f))
+
+
+def _load(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, bad pickle, unsafe object ...
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}); "
+                              f"delete it to restart the run") from None
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    """The newest readable checkpoint at `path` (or its `.prev`), None if there is none."""
+    path = Path(path)
+    prev = path.with_name(path.name + ".prev")
+    for candidate in (path, prev):
+        if not candidate.exists():
+            continue
+        try:
+            return _load(candidate)
+        except CheckpointError as e:
+            if candidate == prev or not prev.exists():
+                raise
+            warnings.warn(f"{e}; falling back to {prev.name}")
+    return None
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_verified(path: Path, sha256: str) -> dict:
+    """A pretrained state dict, only if its sha256 matches the one recorded in the project."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"pretrained weights {path} not found; download them there (sha256 {sha256[:12]}...)")
+    actual = sha256_of(path)
+    if actual != sha256:
+        raise CheckpointError(f"pretrained weights {path} have sha256 {actual[:12]}..., expected {sha256[:12]}...; "
+                              f"re-download the file")
+    state = _load(path)
+    return state.get("state_dict", state) if isinstance(state, dict) else state

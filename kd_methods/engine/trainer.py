@@ -1,0 +1,210 @@
+"""The one training loop every method runs through.
+
+`train_run(cfg, run_dir, teachers)` builds the data, the student and the method, then runs the method's
+stages in order, each with its own optimiser and schedule. After every epoch it evaluates each of the
+method's eval models (top-1/top-5 error, mean posterior entropy), writes a checkpoint atomically and
+rewrites `metrics.csv` from the checkpoint's history, so a killed run resumes from its last epoch and
+ends with the same numbers as an uninterrupted one (the data order and augmentation of an epoch are a
+pure function of (seed, epoch); the RNG state is checkpointed too).
+
+Fast paths are on where they help: bf16 autocast and channels_last on CUDA, teachers under
+inference_mode (see `Distiller`), losses accumulated on the device and read once per epoch.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data import DataConfig, build_data
+from ..errors import ConfigError, NumericalFault
+from ..methods import StepContext, build_method
+from ..models import create_model
+from . import distributed as dist
+from .checkpoint import load_checkpoint, save_atomic
+from .metrics import MetricsLog, evaluate
+from .optim import build_optimizer, lr_at, set_lr
+
+
+@dataclass
+class EngineOptions:
+    device: str = "auto"          # auto | cpu | cuda | cuda:N
+    amp: bool = True              # bf16 autocast (CUDA only)
+    channels_last: bool = True    # CUDA only
+    compile: bool = False         # torch.compile the student and teachers
+    progress: bool | None = None  # tqdm bar; None: only on an interactive terminal outside CI
+    deterministic: bool = False   # torch.use_deterministic_algorithms (CPU resume tests)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if dist.is_distributed():
+            return dist.local_device()
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def show_progress(opts: EngineOptions) -> bool:
+    if opts.progress is not None:
+        return opts.progress and dist.is_main()
+    return sys.stderr.isatty() and not os.environ.get("CI") and dist.is_main()
+
+
+def data_config(cfg: dict) -> DataConfig:
+    return DataConfig(name=cfg["dataset"], root=cfg["data_root"], augment=cfg["augment"],
+                      preprocess=cfg["preprocess"], train_subset=cfg["train_subset"],
+                      test_subset=cfg["test_subset"], batch_size=cfg["batch_size"], seed=cfg["seed"])
+
+
+@dataclass
+class StagePlan:
+    stage: object
+    phase: dict
+    epochs: int
+    total_steps: int
+
+
+def plan_stages(distiller, cfg: dict, steps_per_epoch: int) -> list[StagePlan]:
+    stages = distiller.stages()
+    names = {s.name for s in stages}
+    extra = sorted(set(cfg["stages"]) - names)
+    if extra:
+        raise ConfigError(f"stages.{extra[0]}: method '{cfg['method']}' has no stage '{extra[0]}'; "
+                          f"its stages are {', '.join(s.name for s in stages) or 'none'}")
+    plans = []
+    for s in stages:
+        phase = cfg["stages"].get(s.name, cfg["train"])
+        if phase["unit"] == "epoch":
+            epochs = int(math.ceil(phase["length"]))
+            total = int(round(phase["length"] * steps_per_epoch))
+        else:
+            total = int(phase["length"])
+            epochs = int(math.ceil(total / steps_per_epoch))
+        plans.append(StagePlan(s, phase, epochs, total))
+    return plans
+
+
+def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineOptions | None = None) -> dict:
+    """Train (or resume) one resolved config in `run_dir`; returns the final result record."""
+    opts = opts or EngineOptions()
+    run_dir = Path(run_dir)
+    device = pick_device(opts.device)
+    cuda = device.type == "cuda"
+    if opts.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    seed_everything(cfg["seed"])
+    data = build_data(data_config(cfg), device, rank=dist.rank(), world_size=dist.world_size())
+    student = create_model(cfg["model"], num_classes=data.num_classes)
+    distiller = build_method(cfg["method"], student, teachers, data.num_classes, **cfg["method_args"])
+    distiller.to(device)
+    if cuda and opts.channels_last:
+        distiller.to(memory_format=torch.channels_last)
+    if opts.compile:
+        for m in [distiller.student, *distiller.teachers]:
+            if m is not None:
+                m.compile()
+    plans = plan_stages(distiller, cfg, len(data.train))
+    lr_mult = dist.world_size() if cfg["lr_scaling"] == "linear" else 1.0
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda and opts.amp else nullcontext())
+
+    ckpt_path = run_dir / "last.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    log = MetricsLog(run_dir / "metrics.csv", history=ckpt["history"] if ckpt else [])
+    start_stage, start_epoch = (ckpt["stage_index"], ckpt["stage_epoch"]) if ckpt else (0, 0)
+    if ckpt:
+        distiller.load_state_dict(ckpt["model"])
+        torch.set_rng_state(ckpt["rng"])
+    global_epoch = sum(p.epochs for p in plans[:start_stage]) + start_epoch
+
+    if not plans and not log.history:  # evaluation-only methods (ensembles)
+        log.append(dict(epoch=0, stage="eval", stage_epoch=0, lr=0.0,
+                        **evaluate(distiller, data.test, autocast), wall_s=0.0))
+    t_start = time.time()
+    for si in range(start_stage, len(plans)):
+        plan = plans[si]
+        distiller.set_trainable(plan.stage)
+        optimizer = build_optimizer(distiller.parameters_for(plan.stage), plan.phase["optim"], lr_mult)
+        first_epoch = start_epoch if si == start_stage else 0
+        if ckpt and si == start_stage and first_epoch > 0:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        step_fn = dist.wrap(distiller, device)
+        for epoch in range(first_epoch, plan.epochs):
+            t0 = time.time()
+            losses, lr = _train_epoch(step_fn, distiller, optimizer, data, plan, epoch, global_epoch,
+                                      autocast, lr_mult, opts)
+            row = dict(epoch=global_epoch + 1, stage=plan.stage.name, stage_epoch=epoch + 1, lr=lr, **losses)
+            row.update(evaluate(distiller, data.test, autocast))
+            row["wall_s"] = round(time.time() - t0, 3)
+            log.append(row)
+            global_epoch += 1
+            last = epoch + 1 == plan.epochs
+            state = dict(model=distiller.state_dict(), history=log.history, rng=torch.get_rng_state(),
+                         stage_index=si + 1 if last else si, stage_epoch=0 if last else epoch + 1,
+                         optimizer=optimizer.state_dict())
+            if dist.is_main():
+                save_atomic(state, ckpt_path)
+                log.write()
+            dist.barrier()
+        start_epoch = 0
+
+    final_models = {name: m.state_dict() for name, m in distiller.eval_models().items()}
+    return dict(history=log.history, models=final_models, train_wall_s=time.time() - t_start,
+                model_names=list(final_models), num_classes=data.num_classes)
+
+
+def _train_epoch(step_fn, distiller, optimizer, data, plan: StagePlan, epoch: int, global_epoch: int,
+                 autocast, lr_mult: float, opts: EngineOptions) -> tuple[dict, float]:
+    from tqdm.auto import tqdm
+
+    distiller.train()
+    data.train.set_epoch(global_epoch)
+    spe = len(data.train)
+    sums: dict[str, torch.Tensor] = {}  # stay on the device: no host sync inside the epoch
+    n = 0
+    lr = 0.0
+    unit = plan.phase["unit"]
+    bar = tqdm(data.train, total=spe, leave=False, disable=not show_progress(opts),
+               desc=f"{plan.stage.name} epoch {epoch + 1}/{plan.epochs}")
+    for i, (images, targets) in enumerate(bar):
+        step = epoch * spe + i
+        if step >= plan.total_steps:
+            break
+        position = step if unit == "iter" else epoch + i / spe
+        lr = lr_at(plan.phase["optim"], position, plan.phase["length"], lr_mult)
+        set_lr(optimizer, lr)
+        ctx = StepContext(plan.stage, epoch=epoch, step=step, total_steps=plan.total_steps)
+        with autocast:
+            _, losses = step_fn(images, targets, ctx)
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for k, v in [*losses.items(), ("loss", loss)]:
+            sums[k] = sums.get(k, 0) + v.detach().float()
+        n += 1
+    means = {k: v / max(1, n) for k, v in sums.items()}
+    means = dist.all_reduce_mean(means)
+    values = {k: float(v) for k, v in means.items()}  # the epoch's one host sync for losses
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if bad:
+        raise NumericalFault(f"{bad[0]} became {values[bad[0]]} in stage '{plan.stage.name}' epoch {epoch + 1}; "
+                             f"the last good checkpoint is kept — lower the learning rate or check the inputs")
+    return {k: round(v, 6) for k, v in sorted(values.items())}, lr

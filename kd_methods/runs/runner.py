@@ -1,0 +1,137 @@
+"""Resolve a run's graph (its teachers first), reuse what is finished, resume what was interrupted.
+
+`execute(cfg, ctx)` is the only way a run is trained: it trains the teachers' runs it depends on
+(recursively, each once), takes the run's lock so two processes never train it twice, trains or resumes
+it through the one engine, and records it: `result.json` and `model.pt` in the run folder, a row in
+`results/<paper>/runs.csv` for every table that asked for it.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..engine import distributed as dist
+from ..engine.checkpoint import load_checkpoint, load_verified, save_atomic
+from ..engine.trainer import EngineOptions, pick_device, train_run
+from ..errors import NumericalFault
+from ..models import create_model
+from .store import RunStore, append_results_row, write_json
+
+
+@dataclass
+class RunContext:
+    store: RunStore = field(default_factory=RunStore)
+    results_dir: Path = Path("results")
+    opts: EngineOptions = field(default_factory=EngineOptions)
+    log: callable = print
+
+
+def load_run_model(cfg: dict, store: RunStore, which: str | None = None) -> torch.nn.Module:
+    """The trained headline model (or eval model `which`) of a finished run, in eval mode."""
+    result = store.result(cfg["run_id"])
+    saved = load_checkpoint(store.dir(cfg["run_id"]) / "model.pt")
+    name = which or result["model_names"][0]
+    model = create_model(cfg["model"], num_classes=result["num_classes"])
+    model.load_state_dict(saved["models"][name])
+    return model.eval()
+
+
+def load_teacher(t: dict, store: RunStore) -> torch.nn.Module:
+    if "pretrained" in t:
+        p = t["pretrained"]
+        model = create_model(p["model"], num_classes=p["num_classes"])
+        model.load_state_dict(load_verified(Path(p["path"]), p["sha256"]))
+        return model.eval()
+    return load_run_model(t, store)
+
+
+def _summary(cfg: dict, history: list[dict], wall_s: float, model_names: list[str], num_classes: int,
+             device: str) -> dict:
+    final_stage = history[-1]["stage"]
+    final_rows = [r for r in history if r["stage"] == final_stage]
+    last = history[-1]
+    extra = {k: v for k, v in last.items() if k.endswith(("_top1_err", "_top5_err", "entropy"))
+             and k not in ("top1_err", "top5_err")}
+    return dict(run_id=cfg["run_id"], top1_err=last["top1_err"], top5_err=last["top5_err"],
+                best_top1_err=min(r["top1_err"] for r in final_rows), epochs=last["epoch"],
+                wall_s=round(wall_s, 2), model_names=model_names, num_classes=num_classes,
+                device=device, extra=extra, finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+
+def _results_row(cfg: dict, result: dict, status: str = "finished") -> dict:
+    labels = cfg.get("labels", {})
+    return dict(run_id=cfg["run_id"], paper=labels.get("paper", ""), table=labels.get("table", ""),
+                label=labels.get("label", ""), dataset=cfg["dataset"], model=cfg["model"],
+                method=cfg["method"], seed=cfg["seed"], budget=cfg["budget"], epochs=result.get("epochs", ""),
+                top1_err=result.get("top1_err", ""), top5_err=result.get("top5_err", ""),
+                best_top1_err=result.get("best_top1_err", ""), wall_s=result.get("wall_s", ""),
+                config_hash=cfg["run_id"], status=status, device=result.get("device", ""),
+                finished_at=result.get("finished_at", ""),
+                extra=json.dumps(result.get("extra", {}), sort_keys=True))
+
+
+def record(cfg: dict, result: dict, ctx: RunContext, status: str = "finished") -> None:
+    paper = cfg.get("labels", {}).get("paper")
+    if paper and dist.is_main():
+        append_results_row(ctx.results_dir, paper, _results_row(cfg, result, status))
+
+
+def execute(cfg: dict, ctx: RunContext | None = None) -> dict:
+    """Make sure the run `cfg` is finished; returns its result record."""
+    ctx = ctx or RunContext()
+    store, run_id = ctx.store, cfg["run_id"]
+    if not store.is_finished(run_id):
+        for t in cfg["teachers"]:
+            if "pretrained" not in t:
+                execute(t, ctx)
+        lock = store.lock(run_id) if not dist.is_distributed() else _no_lock()
+        with lock:
+            if not store.is_finished(run_id):
+                _train(cfg, ctx)
+    result = store.result(run_id)
+    record(cfg, result, ctx)
+    return result
+
+
+class _no_lock:
+    # Under torchrun every rank must enter training together; rank 0 alone writes, so no lock is taken.
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _train(cfg: dict, ctx: RunContext) -> None:
+    store, run_id = ctx.store, cfg["run_id"]
+    device = pick_device(ctx.opts.device)
+    labels = cfg.get("labels", {})
+    what = f"{labels.get('table') or ''} {labels.get('label') or ''}".strip() or cfg["method"]
+    resuming = (store.dir(run_id) / "last.pt").exists()
+    ctx.log(f"[{'resume' if resuming else 'train'}] {run_id} {cfg['method']} {cfg['model']} "
+            f"seed {cfg['seed']} on {cfg['dataset']} ({what})")
+    teachers = [load_teacher(t, store) for t in cfg["teachers"]]
+    run_dir = store.start(cfg, device) if dist.is_main() else store.dir(run_id)
+    t0 = time.time()
+    try:
+        out = train_run(cfg, run_dir, teachers, ctx.opts)
+    except NumericalFault as e:
+        if dist.is_main():
+            store.update_manifest(run_id, status="failed", failure=str(e),
+                                  ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            record(cfg, dict(device=str(device)), ctx, status="failed")
+        raise
+    if dist.is_main():
+        save_atomic(dict(models=out["models"]), run_dir / "model.pt", keep_previous=False)
+        result = _summary(cfg, out["history"], time.time() - t0, out["model_names"], out["num_classes"],
+                          str(device))
+        write_json(run_dir / "result.json", result)
+        store.update_manifest(run_id, status="finished", ended_at=result["finished_at"], wall_s=result["wall_s"])
+        prev = run_dir / "last.pt.prev"
+        if prev.exists():
+            prev.unlink()
+    dist.barrier()

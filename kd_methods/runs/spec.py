@@ -1,0 +1,357 @@
+"""Experiments as data: a spec says what to train; a budget says how long; together they resolve to a run.
+
+An `ExperimentSpec` is the paper's protocol for one trained network (model, method, teachers, dataset,
+optimiser, stage lengths, seed). Teachers are specs too (or pretrained files), so a table is a graph of
+runs and a teacher shared by several tables is trained once. `resolve(spec, budget)` applies the budget
+and returns a plain, JSON-able config; the run id is a hash of that config's identity (labels such as the
+paper's table name do not enter it, so identical trainings are shared between tables and papers).
+
+Specs load from YAML/dicts with strict validation: unknown keys, wrong types and impossible values raise
+`ConfigError` with one line naming the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from ..errors import ConfigError
+from ..registry import closest
+
+
+@dataclass
+class Optim:
+    """Optimiser and learning-rate schedule of one phase. Milestones are in the phase's unit."""
+    name: str = "sgd"                 # sgd | rmsprop
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "multistep"       # constant | step | multistep | cosine
+    milestones: list[float] = field(default_factory=list)   # multistep: lr *= gamma at each
+    step_size: float = 0.0            # step: lr *= gamma every step_size units
+    gamma: float = 0.1
+    alpha: float = 0.99               # rmsprop smoothing
+    eps: float = 1e-8                 # rmsprop epsilon
+
+
+@dataclass
+class Phase:
+    """How long a stage trains (epochs or optimiser iterations) and with what optimiser."""
+    length: float = 200
+    unit: str = "epoch"               # epoch | iter
+    optim: Optim = field(default_factory=Optim)
+
+
+@dataclass
+class Pretrained:
+    """A teacher from a weights file, verified against its sha256 before use."""
+    model: str
+    path: str
+    sha256: str
+    num_classes: int = 1000
+    source: str = ""
+
+
+@dataclass
+class ExperimentSpec:
+    model: str
+    method: str = "scratch"
+    method_args: dict[str, Any] = field(default_factory=dict)
+    teachers: list[Union["ExperimentSpec", Pretrained]] = field(default_factory=list)
+    dataset: str = "cifar100"
+    augment: Union[str, None] = None  # None: the dataset's default
+    preprocess: str = "standard"      # standard | zca
+    batch_size: int = 128
+    train: Phase = field(default_factory=Phase)
+    stages: dict[str, Phase] = field(default_factory=dict)   # per-stage overrides of `train`
+    seed: int = 0
+    lr_scaling: str = "none"          # none | linear: lr *= world_size (DDP); the rule is explicit
+    # Labels: where the run appears. Not part of the run's identity.
+    paper: str = ""
+    table: str = ""
+    label: str = ""
+
+    def phase(self, stage_name: str) -> Phase:
+        return self.stages.get(stage_name, self.train)
+
+
+LABEL_FIELDS = ("paper", "table", "label")
+UNITS = ("epoch", "iter")
+SCHEDULES = ("constant", "step", "multistep", "cosine")
+OPTIMISERS = ("sgd", "rmsprop")
+
+
+# -- budgets -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Budget:
+    """How much of the paper's protocol to run. `paper` is the protocol itself."""
+    name: str
+    length_scale: float = 1.0          # every phase length and milestone is scaled by this
+    smoke: bool = False                # a few steps on synthetic data, tiny subsets
+    max_seeds: Union[int, None] = None
+    train_subset: Union[int, None] = None
+    test_subset: Union[int, None] = None
+    batch_size: Union[int, None] = None
+    description: str = ""
+
+
+BUDGETS = {
+    "paper": Budget("paper", description="the paper's protocol: epochs/iterations, batch size, schedule, seeds"),
+    "short": Budget("short", length_scale=0.1, max_seeds=2,
+                    description="every row, schedules at 1/10 of the paper's length (milestones scaled), at most 2 seeds"),
+    "smoke": Budget("smoke", smoke=True, max_seeds=1, train_subset=64, test_subset=64, batch_size=32,
+                    description="every row and model, 1 epoch of 2 steps on 64 synthetic images, 1 seed: "
+                                "checks the pipeline, says nothing about accuracy"),
+}
+
+# The synthetic stand-in for each real dataset (same class count and image shape) in smoke runs.
+SYNTHETIC_FOR = {"cifar100": "synthetic100", "cifar10": "synthetic10", "svhn": "synthetic10",
+                 "mnist": "synthetic_mnist", "synthetic100": "synthetic100", "synthetic10": "synthetic10",
+                 "synthetic_mnist": "synthetic_mnist"}
+NEEDS_REAL_DATA = ("imagenet", "cub200", "market1501")
+
+
+def get_budget(name: str) -> Budget:
+    if name not in BUDGETS:
+        raise ConfigError(f"unknown budget '{name}'{closest(name, BUDGETS)}; use one of {', '.join(BUDGETS)}")
+    return BUDGETS[name]
+
+
+def _scaled_phase(phase: Phase, budget: Budget) -> dict:
+    d = dataclasses.asdict(phase)
+    if budget.smoke:
+        # One short epoch (or two iterations); milestones keep their relative place in the schedule.
+        new_len = 1 if phase.unit == "epoch" else 2
+    elif budget.length_scale != 1.0:
+        new_len = max(1, math.ceil(phase.length * budget.length_scale))
+    else:
+        return d
+    ratio = new_len / phase.length if phase.length else 1.0
+    d["length"] = new_len
+    d["optim"]["milestones"] = [round(m * ratio, 6) for m in phase.optim.milestones]
+    d["optim"]["step_size"] = round(phase.optim.step_size * ratio, 6)
+    return d
+
+
+def resolve(spec: ExperimentSpec, budget: Union[Budget, str] = "paper", data: str = "auto",
+            data_root: str = "data") -> dict:
+    """The config a run trains with: spec + budget + data source. Teachers are resolved recursively.
+
+    data: "auto" (real data, synthetic under the smoke budget), "synthetic" or "real".
+    """
+    budget = get_budget(budget) if isinstance(budget, str) else budget
+    validate(spec)
+    use_synthetic = data == "synthetic" or (data == "auto" and budget.smoke)
+    dataset = spec.dataset
+    if use_synthetic and dataset in SYNTHETIC_FOR:
+        dataset = SYNTHETIC_FOR[dataset]
+    cfg = {
+        "model": spec.model, "method": spec.method, "method_args": dict(spec.method_args),
+        "dataset": dataset, "augment": spec.augment, "preprocess": spec.preprocess,
+        "batch_size": min(budget.batch_size, spec.batch_size) if budget.batch_size else spec.batch_size,
+        "train": _scaled_phase(spec.train, budget),
+        "stages": {k: _scaled_phase(v, budget) for k, v in sorted(spec.stages.items())},
+        "seed": spec.seed, "lr_scaling": spec.lr_scaling,
+        "train_subset": budget.train_subset if budget.smoke else None,
+        "test_subset": budget.test_subset if budget.smoke else None,
+        "data_root": data_root,
+        "budget": budget.name,
+        "teachers": [],
+    }
+    for t in spec.teachers:
+        if isinstance(t, Pretrained):
+            cfg["teachers"].append({"pretrained": dataclasses.asdict(t)})
+        else:
+            cfg["teachers"].append(resolve(t, budget, data, data_root))
+    cfg["labels"] = {k: getattr(spec, k) for k in LABEL_FIELDS}
+    cfg["run_id"] = run_id(cfg)
+    return cfg
+
+
+IDENTITY_EXCLUDES = ("labels", "run_id", "data_root")
+
+
+def identity(cfg: dict) -> dict:
+    """The fields that decide what is trained; teachers enter through their own ids."""
+    ident = {k: v for k, v in cfg.items() if k not in IDENTITY_EXCLUDES and k != "teachers"}
+    ident["teachers"] = [t.get("run_id") or {"pretrained": t["pretrained"]["sha256"]} for t in cfg["teachers"]]
+    return ident
+
+
+def run_id(cfg: dict) -> str:
+    blob = json.dumps(identity(cfg), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# -- loading and validation ------------------------------------------------------------------------
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value, tp, where: str):
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[-1] if errors else f"{where}: bad value {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+        _, vt = typing.get_args(tp)
+        return {str(k): _convert(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return from_dict(tp, value, where)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
+
+
+def from_dict(cls, data, where: str = "config"):
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key '{key}'{closest(str(key), names)}")
+        tp = hints[key]
+        if key == "teachers":
+            value = [_teacher(v, f"{where}.teachers[{i}]") for i, v in enumerate(value or [])]
+            kwargs[key] = value
+            continue
+        kwargs[key] = _convert(value, tp, f"{where}.{key}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}: missing required key '{missing[0]}'")
+    return cls(**kwargs)
+
+
+def _teacher(value, where: str):
+    if isinstance(value, (ExperimentSpec, Pretrained)):
+        return value
+    if isinstance(value, dict) and "path" in value:
+        return from_dict(Pretrained, value, where)
+    return from_dict(ExperimentSpec, value, where)
+
+
+def validate(spec: ExperimentSpec, where: str = "config") -> None:
+    """Impossible values and unknown names, checked before any work is done."""
+    import timm
+
+    from ..methods import METHODS
+    from .. import models  # noqa: F401  (registers the CIFAR models in timm)
+
+    if not timm.is_model(spec.model):
+        raise ConfigError(f"{where}.model: unknown model '{spec.model}'{closest(spec.model, timm.list_models())}")
+    if spec.method not in METHODS:
+        raise ConfigError(f"{where}.method: unknown method '{spec.method}'{closest(spec.method, METHODS)}")
+    if spec.batch_size < 1:
+        raise ConfigError(f"{where}.batch_size must be >= 1, got {spec.batch_size}")
+    if spec.lr_scaling not in ("none", "linear"):
+        raise ConfigError(f"{where}.lr_scaling must be none or linear, got '{spec.lr_scaling}'")
+    if spec.preprocess not in ("standard", "zca"):
+        raise ConfigError(f"{where}.preprocess must be standard or zca, got '{spec.preprocess}'")
+    for name, phase in [("train", spec.train)] + [(f"stages.{k}", v) for k, v in spec.stages.items()]:
+        _validate_phase(phase, f"{where}.{name}")
+    method = METHODS.get(spec.method)
+    unknown = sorted(set(spec.method_args) - set(method.defaults))
+    if unknown:
+        raise ConfigError(f"{where}.method_args: method '{spec.method}' has no hyper-parameter "
+                          f"'{unknown[0]}'{closest(unknown[0], method.defaults)}")
+    temp = spec.method_args.get("temperature")
+    if temp is not None and (not isinstance(temp, (int, float)) or temp <= 0):
+        raise ConfigError(f"{where}.method_args.temperature must be > 0, got {temp!r}")
+    n = len(spec.teachers)
+    if n < method.min_teachers or (method.max_teachers is not None and n > method.max_teachers):
+        most = "any number of" if method.max_teachers is None else f"at most {method.max_teachers}"
+        raise ConfigError(f"{where}.teachers: method '{spec.method}' needs at least {method.min_teachers} and "
+                          f"{most} teachers, got {n}")
+    stage_names = {s for s in getattr(method, "stage_names", ())}
+    if stage_names:
+        extra = sorted(set(spec.stages) - stage_names)
+        if extra:
+            raise ConfigError(f"{where}.stages: method '{spec.method}' has no stage "
+                              f"'{extra[0]}'{closest(extra[0], stage_names)}")
+    for i, t in enumerate(spec.teachers):
+        if isinstance(t, ExperimentSpec):
+            validate(t, f"{where}.teachers[{i}]")
+
+
+def _validate_phase(phase: Phase, where: str) -> None:
+    if not phase.length > 0:
+        raise ConfigError(f"{where}.length must be > 0, got {phase.length}")
+    if phase.unit not in UNITS:
+        raise ConfigError(f"{where}.unit must be epoch or iter, got '{phase.unit}'")
+    o = phase.optim
+    if o.name not in OPTIMISERS:
+        raise ConfigError(f"{where}.optim.name: unknown optimiser '{o.name}'{closest(o.name, OPTIMISERS)}")
+    if o.schedule not in SCHEDULES:
+        raise ConfigError(f"{where}.optim.schedule: unknown schedule '{o.schedule}'{closest(o.schedule, SCHEDULES)}")
+    if not o.lr > 0:
+        raise ConfigError(f"{where}.optim.lr must be > 0, got {o.lr}")
+    if o.weight_decay < 0 or o.momentum < 0:
+        raise ConfigError(f"{where}.optim: weight_decay and momentum must be >= 0")
+    if o.schedule == "step" and not o.step_size > 0:
+        raise ConfigError(f"{where}.optim.step_size must be > 0 for the step schedule")
+    if sorted(o.milestones) != list(o.milestones):
+        raise ConfigError(f"{where}.optim.milestones must be increasing, got {o.milestones}")
+
+
+def load_spec(path: Union[str, Path]) -> ExperimentSpec:
+    """Read a YAML (or JSON) experiment spec."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' not found; pass the path of a YAML spec such as configs/smoke_resnet20.yaml")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        at = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{at}; fix the syntax") from None
+    spec = from_dict(ExperimentSpec, data or {}, str(path))
+    validate(spec, str(path))
+    return spec

@@ -1,0 +1,144 @@
+"""Run folders and results tables.
+
+A run lives in `<runs_dir>/<run_id>/`:
+  config.json     the resolved config (what the id hashes)
+  manifest.json   git commit, versions, device, start/end times, status (running|finished|failed)
+  metrics.csv     one row per epoch
+  last.pt         the latest checkpoint (+ last.pt.prev, the one before)
+  model.pt        the final weights of the method's eval models (what a later run loads as teacher)
+  result.json     final metrics; its presence marks the run finished
+
+`results/<paper>/runs.csv` holds one row per finished run and table, appended under a file lock and
+written atomically, so concurrent reproductions lose no rows and a kill never truncates the file.
+"""
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import os
+import platform
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from ..engine.checkpoint import write_atomic
+
+RUNS_COLUMNS = ["run_id", "paper", "table", "label", "dataset", "model", "method", "seed", "budget", "epochs",
+                "top1_err", "top5_err", "best_top1_err", "wall_s", "config_hash", "status", "device",
+                "finished_at", "extra"]
+
+
+def write_json(path: Path, obj) -> None:
+    blob = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+    write_atomic(Path(path), lambda f: f.write(blob))
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive advisory lock held for the block (blocks until it is free)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
+           f"{torch.get_num_threads()} threads)"
+
+
+def versions() -> dict:
+    import timm
+    import torchvision
+    return dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
+                timm=timm.__version__, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+
+
+class RunStore:
+    def __init__(self, root: str | Path = "runs"):
+        self.root = Path(root)
+
+    def dir(self, run_id: str) -> Path:
+        return self.root / run_id
+
+    def is_finished(self, run_id: str) -> bool:
+        return (self.dir(run_id) / "result.json").is_file()
+
+    def result(self, run_id: str) -> dict:
+        return read_json(self.dir(run_id) / "result.json")
+
+    @contextmanager
+    def lock(self, run_id: str):
+        """One process trains a run; a second one waits, then finds it finished."""
+        with file_lock(self.root / ".locks" / f"{run_id}.lock"):
+            yield
+
+    def start(self, cfg: dict, device: torch.device) -> Path:
+        d = self.dir(cfg["run_id"])
+        d.mkdir(parents=True, exist_ok=True)
+        write_json(d / "config.json", cfg)
+        manifest_path = d / "manifest.json"
+        previous = read_json(manifest_path) if manifest_path.is_file() else {}
+        manifest = dict(run_id=cfg["run_id"], git_commit=git_commit(), versions=versions(),
+                        device=device_name(device), host=socket.gethostname(),
+                        started_at=previous.get("started_at", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
+                        resumed=previous.get("resumed", -1) + 1, status="running")
+        write_json(manifest_path, manifest)
+        return d
+
+    def update_manifest(self, run_id: str, **fields) -> None:
+        path = self.dir(run_id) / "manifest.json"
+        manifest = read_json(path) if path.is_file() else {}
+        manifest.update(fields)
+        write_json(path, manifest)
+
+
+def append_results_row(results_dir: Path, paper: str, row: dict) -> None:
+    """Add (or refresh) the row keyed by (run_id, table) in results/<paper>/runs.csv, atomically."""
+    path = Path(results_dir) / paper / "runs.csv"
+    with file_lock(path.with_name(".runs.csv.lock")):
+        rows = read_results(path)
+        key = (row["run_id"], row.get("table", ""))
+        rows = [r for r in rows if (r["run_id"], r.get("table", "")) != key] + [
+            {c: row.get(c, "") for c in RUNS_COLUMNS}]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=RUNS_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(path, lambda f: f.write(buf.getvalue().encode()))
+
+
+def read_results(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

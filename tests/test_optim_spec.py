@@ -1,0 +1,95 @@
+"""Schedules, budgets, run identity and strict spec loading."""
+import math
+
+import pytest
+
+from kd_methods.engine.optim import build_optimizer, lr_at
+from kd_methods.errors import ConfigError
+from kd_methods.runs.spec import ExperimentSpec, Optim, Phase, Pretrained, from_dict, resolve
+
+
+def optim(**kw):
+    import dataclasses
+    return dataclasses.asdict(Optim(**kw))
+
+
+def test_multistep_schedule_drops_at_each_milestone():
+    o = optim(lr=0.1, schedule="multistep", milestones=[60, 120], gamma=0.1)
+    assert lr_at(o, 0, 200) == pytest.approx(0.1)
+    assert lr_at(o, 59.99, 200) == pytest.approx(0.1)
+    assert lr_at(o, 60, 200) == pytest.approx(0.01)
+    assert lr_at(o, 150, 200) == pytest.approx(0.001)
+
+
+def test_step_and_cosine_schedules():
+    o = optim(lr=0.2, schedule="step", step_size=60, gamma=0.5)
+    assert [lr_at(o, e, 200) for e in (0, 59, 60, 120, 180)] == pytest.approx([0.2, 0.2, 0.1, 0.05, 0.025])
+    c = optim(lr=0.1, schedule="cosine")
+    assert lr_at(c, 0, 10) == pytest.approx(0.1)
+    assert lr_at(c, 5, 10) == pytest.approx(0.05)
+    assert lr_at(c, 2.5, 10) == pytest.approx(0.05 * (1 + math.cos(math.pi / 4)))
+    assert lr_at(o, 60, 200, lr_multiplier=4) == pytest.approx(0.4)
+
+
+def test_optimizers_get_their_settings():
+    import torch
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    sgd = build_optimizer(p, optim(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["weight_decay"] == 1e-4
+    rms = build_optimizer(p, optim(name="rmsprop", lr=0.005, momentum=0.0, weight_decay=0.0))
+    assert isinstance(rms, torch.optim.RMSprop) and rms.defaults["lr"] == 0.005
+
+
+def spec(**kw):
+    base = dict(model="cifar_resnet20", dataset="cifar100",
+                train=Phase(length=200, optim=Optim(milestones=[100, 150])))
+    base.update(kw)
+    return ExperimentSpec(**base)
+
+
+def test_run_id_ignores_labels_but_not_training_fields():
+    a = resolve(spec(paper="feed", table="Table 1"))
+    b = resolve(spec(paper="dml", table="Table 2", label="x"))
+    assert a["run_id"] == b["run_id"]
+    assert resolve(spec(seed=1))["run_id"] != a["run_id"]
+    assert resolve(spec(), "short")["run_id"] != a["run_id"]
+
+
+def test_teacher_identity_enters_the_students_id():
+    t0, t1 = spec(seed=0), spec(seed=1)
+    s0 = resolve(spec(method="kd", model="cifar_resnet8", teachers=[t0]))
+    s1 = resolve(spec(method="kd", model="cifar_resnet8", teachers=[t1]))
+    assert s0["run_id"] != s1["run_id"]
+    assert s0["teachers"][0]["run_id"] == resolve(t0)["run_id"]
+
+
+def test_budgets_scale_lengths_and_milestones():
+    paper = resolve(spec())
+    short = resolve(spec(), "short")
+    smoke = resolve(spec(), "smoke")
+    assert paper["train"]["length"] == 200 and paper["dataset"] == "cifar100"
+    assert short["train"]["length"] == 20 and short["train"]["optim"]["milestones"] == [10, 15]
+    assert smoke["train"]["length"] == 1 and smoke["dataset"] == "synthetic100"
+    assert smoke["train"]["optim"]["milestones"] == [0.5, 0.75]
+    assert smoke["train_subset"] and smoke["batch_size"] <= 32
+    assert resolve(spec(), "paper", data="synthetic")["dataset"] == "synthetic100"
+    it = resolve(spec(train=Phase(length=64000, unit="iter", optim=Optim(milestones=[32000, 48000]))), "smoke")
+    assert it["train"]["length"] == 2 and it["train"]["optim"]["milestones"] == [1, 1.5]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"model": "cifar_resnet20", "epochs": 3}, "unknown key 'epochs'"),
+    ({"model": "cifar_resnet20", "batch_size": "big"}, "expected an integer"),
+    ({"model": "cifar_resnet20", "train": {"length": 1, "optim": {"lr": "fast"}}}, "expected a number"),
+    ({"model": "cifar_resnet20", "train": {"lenght": 3}}, "did you mean 'length'"),
+    ({"method": "kd"}, "missing required key 'model'"),
+])
+def test_from_dict_rejects_bad_input(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(ExperimentSpec, data)
+
+
+def test_teachers_load_as_specs_or_pretrained_files():
+    s = from_dict(ExperimentSpec, {"model": "cifar_resnet20", "method": "kd", "teachers": [
+        {"model": "cifar_resnet56"}, {"model": "resnet34", "path": "w.pt", "sha256": "ab" * 32}]})
+    assert isinstance(s.teachers[0], ExperimentSpec) and isinstance(s.teachers[1], Pretrained)
