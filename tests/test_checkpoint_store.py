@@ -59,12 +59,14 @@ def test_pretrained_weights_are_verified_by_sha256(tmp_path):
         load_verified(tmp_path / "nope.pt", digest)
 
 
-def test_results_rows_are_keyed_by_run_and_table(tmp_path):
+def test_results_rows_are_keyed_by_run_table_and_label(tmp_path):
     append_results_row(tmp_path, "feed", {"run_id": "a", "table": "Table 1", "top1_err": 10})
     append_results_row(tmp_path, "feed", {"run_id": "a", "table": "Table 2", "top1_err": 10})
     append_results_row(tmp_path, "feed", {"run_id": "a", "table": "Table 1", "top1_err": 9})
+    append_results_row(tmp_path, "feed", {"run_id": "a", "table": "Table 1", "label": "teacher", "top1_err": 9})
     rows = read_results(tmp_path / "feed" / "runs.csv")
-    assert [(r["run_id"], r["table"], r["top1_err"]) for r in rows] == [("a", "Table 2", "10"), ("a", "Table 1", "9")]
+    assert [(r["run_id"], r["table"], r["label"], r["top1_err"]) for r in rows] == [
+        ("a", "Table 2", "", "10"), ("a", "Table 1", "", "9"), ("a", "Table 1", "teacher", "9")]
 
 
 def _append_many(args):

@@ -1,0 +1,98 @@
+"""runs.csv -> comparison tables (ours mean +- std beside the paper's value) and plots.
+
+Everything here reads `results/<paper>/runs.csv` (and, for curves, the runs' metrics.csv): a report
+can be re-rendered at any time without training. Numbers from smoke or synthetic runs are labelled
+as such in every table heading and plot title.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from ..runs.spec import BUDGETS
+from ..runs.store import read_results
+from .markdown import render_table_markdown, write_text
+
+BUDGET_ORDER = ("paper", "short", "smoke")
+
+
+def finished(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r.get("status") == "finished"]
+
+
+def chosen_budget(rows: list[dict]) -> str | None:
+    """The most faithful budget with finished runs: paper, else short, else smoke."""
+    present = {r["budget"] for r in finished(rows)}
+    return next((b for b in BUDGET_ORDER if b in present), None)
+
+
+def metric_value(row: dict, metric: str) -> float | None:
+    if row.get(metric, "") not in ("", None):
+        return float(row[metric])
+    extra = json.loads(row.get("extra") or "{}")
+    return float(extra[metric]) if metric in extra else None
+
+
+def summarize(values: list[float]) -> dict:
+    n = len(values)
+    if not n:
+        return dict(n=0, mean=None, std=None)
+    return dict(n=n, mean=statistics.fmean(values), std=statistics.stdev(values) if n > 1 else 0.0)
+
+
+def cell_rows(rows: list[dict], table_key: str, label: str, budget: str) -> list[dict]:
+    return [r for r in finished(rows) if r["table"] == table_key and r["label"] == label and r["budget"] == budget]
+
+
+def not_run_reason(rows: list[dict], table_key: str, label: str) -> str:
+    for r in rows:
+        if r["table"] == table_key and r["label"] == label and r.get("status", "").startswith("not run"):
+            return r["status"]
+    return "not run"
+
+
+def render_paper(paper, results_dir: Path = Path("results"), runs_dir: Path = Path("runs")) -> list[Path]:
+    from benchmarks import cell_label
+    from benchmarks.core import load_references
+
+    out_dir = Path(results_dir) / paper.key
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = read_results(out_dir / "runs.csv")
+    budget = chosen_budget(rows)
+    refs = load_references(paper.key)
+    written = []
+    for table in paper.tables:
+        summaries = {}
+        for cell in table.cells:
+            label = cell_label(cell)
+            picked = cell_rows(rows, table.key, label, budget) if budget else []
+            values = [v for v in (metric_value(r, cell.metric) for r in picked) if v is not None]
+            summaries[(cell.row, cell.col)] = dict(
+                **summarize(values), cell=cell, rows=picked,
+                reason="" if values else not_run_reason(rows, table.key, label))
+        text = render_table_markdown(paper, table, summaries, refs, budget)
+        path = out_dir / f"{table.key}.md"
+        write_text(path, text)
+        written.append(path)
+    for plot in paper.plots:
+        path = out_dir / f"{plot.key}.png"
+        plot.draw(paper=paper, rows=rows, budget=budget, runs_dir=Path(runs_dir), path=path)
+        written.append(path)
+    write_index(Path(results_dir))
+    return written
+
+
+def render_all(papers, results_dir: Path = Path("results"), runs_dir: Path = Path("runs")) -> None:
+    from benchmarks import get_paper
+    for key in papers:
+        render_paper(get_paper(key), results_dir, runs_dir)
+    write_index(Path(results_dir))
+
+
+def write_index(results_dir: Path) -> None:
+    from .markdown import render_index
+    write_text(results_dir / "README.md", render_index(results_dir))
+
+
+__all__ = ["render_paper", "render_all", "chosen_budget", "summarize", "metric_value", "BUDGETS"]

@@ -122,12 +122,13 @@ class RunStore:
 
 
 def append_results_row(results_dir: Path, paper: str, row: dict) -> None:
-    """Add (or refresh) the row keyed by (run_id, table) in results/<paper>/runs.csv, atomically."""
+    """Add (or refresh) the row keyed by (run_id, table, label) in results/<paper>/runs.csv, atomically."""
     path = Path(results_dir) / paper / "runs.csv"
     with file_lock(path.with_name(".runs.csv.lock")):
         rows = read_results(path)
-        key = (row["run_id"], row.get("table", ""))
-        rows = [r for r in rows if (r["run_id"], r.get("table", "")) != key] + [
+        def key(r):
+            return r["run_id"], r.get("table", ""), r.get("label", "")
+        rows = [r for r in rows if key(r) != key(row)] + [
             {c: row.get(c, "") for c in RUNS_COLUMNS}]
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=RUNS_COLUMNS)
