@@ -80,12 +80,18 @@ def sha256_of(path: Path) -> str:
 
 
 def load_verified(path: Path, sha256: str) -> dict:
-    """A pretrained state dict, only if its sha256 matches the one recorded in the project."""
+    """A pretrained state dict, only if its sha256 matches the one recorded in the project.
+
+    `sha256` may be a prefix of at least 8 hex digits: torchvision names its weight files with one
+    (resnet34-b627a593.pth) and verifies that prefix the same way.
+    """
     path = Path(path)
+    if len(sha256) < 8:
+        raise CheckpointError(f"the recorded sha256 for {path} is too short ({sha256!r}); record at least 8 hex digits")
     if not path.is_file():
         raise CheckpointError(f"pretrained weights {path} not found; download them there (sha256 {sha256[:12]}...)")
     actual = sha256_of(path)
-    if actual != sha256:
+    if not actual.startswith(sha256.lower()):
         raise CheckpointError(f"pretrained weights {path} have sha256 {actual[:12]}..., expected {sha256[:12]}...; "
                               f"re-download the file")
     state = _load(path)

@@ -86,6 +86,8 @@ def render_table_markdown(paper, table, summaries: dict, refs: dict, budget: str
         lines += ["", "Paper values from: " + "; ".join(sources) + "."]
     for n in list(table.notes) + sorted(set(notes)):
         lines.append(f"- {n}")
+    if paper.protocol_notes:
+        lines += ["", "## Protocol", ""] + [f"- {n}" for n in paper.protocol_notes]
     prov = _provenance_rows({r["method"] for r in ran} | {c.specs[0].method for c in table.cells if c.specs})
     if prov:
         lines += ["", "## Assumed values and deviations", "", "| method | name | value | source | note |",
