@@ -150,7 +150,8 @@ def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineO
             t0 = time.time()
             losses, lr = _train_epoch(step_fn, distiller, optimizer, data, plan, epoch, global_epoch,
                                       autocast, lr_mult, opts)
-            row = dict(epoch=global_epoch + 1, stage=plan.stage.name, stage_epoch=epoch + 1, lr=lr, **losses)
+            row = dict(epoch=global_epoch + 1, stage=plan.stage.name, stage_epoch=epoch + 1,
+                       stage_iteration=min((epoch + 1) * len(data.train), plan.total_steps), lr=lr, **losses)
             row.update(evaluate(distiller, data.test, autocast))
             row["wall_s"] = round(time.time() - t0, 3)
             log.append(row)
