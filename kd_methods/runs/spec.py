@@ -72,6 +72,8 @@ class ExperimentSpec:
     train: Phase = field(default_factory=Phase)
     stages: dict[str, Phase] = field(default_factory=dict)   # per-stage overrides of `train`
     seed: int = 0
+    train_subset: Union[int, None] = None   # first-N images (tiny runs); the smoke budget caps it further
+    test_subset: Union[int, None] = None
     lr_scaling: str = "none"          # none | linear: lr *= world_size (DDP); the rule is explicit
     # Labels: where the run appears. Not part of the run's identity.
     paper: str = ""
@@ -140,6 +142,10 @@ def _scaled_phase(phase: Phase, budget: Budget) -> dict:
     return d
 
 
+def _cap(value, limit):
+    return limit if value is None else value if limit is None else min(value, limit)
+
+
 def resolve(spec: ExperimentSpec, budget: Union[Budget, str] = "paper", data: str = "auto",
             data_root: str = "data") -> dict:
     """The config a run trains with: spec + budget + data source. Teachers are resolved recursively.
@@ -159,8 +165,8 @@ def resolve(spec: ExperimentSpec, budget: Union[Budget, str] = "paper", data: st
         "train": _scaled_phase(spec.train, budget),
         "stages": {k: _scaled_phase(v, budget) for k, v in sorted(spec.stages.items())},
         "seed": spec.seed, "lr_scaling": spec.lr_scaling,
-        "train_subset": budget.train_subset if budget.smoke else None,
-        "test_subset": budget.test_subset if budget.smoke else None,
+        "train_subset": _cap(spec.train_subset, budget.train_subset),
+        "test_subset": _cap(spec.test_subset, budget.test_subset),
         "data_root": data_root,
         "budget": budget.name,
         "teachers": [],
@@ -287,6 +293,9 @@ def validate(spec: ExperimentSpec, where: str = "config") -> None:
         raise ConfigError(f"{where}.model: unknown model '{spec.model}'{closest(spec.model, timm.list_models())}")
     if spec.method not in METHODS:
         raise ConfigError(f"{where}.method: unknown method '{spec.method}'{closest(spec.method, METHODS)}")
+    for key in ("train_subset", "test_subset"):
+        if getattr(spec, key) is not None and getattr(spec, key) < 1:
+            raise ConfigError(f"{where}.{key} must be >= 1 (or omitted), got {getattr(spec, key)}")
     if spec.batch_size < 1:
         raise ConfigError(f"{where}.batch_size must be >= 1, got {spec.batch_size}")
     if spec.lr_scaling not in ("none", "linear"):
