@@ -1,0 +1,133 @@
+"""The one training loop: stages, metrics, checkpoints, resume == uninterrupted, NaN handling, reuse."""
+import csv
+import json
+
+import pytest
+import torch
+
+from kd_methods.engine.trainer import EngineOptions
+from kd_methods.errors import ConfigError, NumericalFault
+from kd_methods.runs.runner import RunContext, execute, load_run_model
+from kd_methods.runs.spec import ExperimentSpec, Optim, Phase, resolve
+from kd_methods.runs.store import RunStore, read_results
+
+CPU = EngineOptions(device="cpu", progress=False)
+
+
+def tiny(model="cifar_resnet8", method="scratch", epochs=2, **kw):
+    base = dict(model=model, method=method, dataset="synthetic10", batch_size=32, train_subset=128,
+                test_subset=64, train=Phase(length=epochs, optim=Optim(lr=0.05, milestones=[1])),
+                paper="unit", table="t", label=method)
+    base.update(kw)
+    return ExperimentSpec(**base)
+
+
+def ctx_for(tmp_path):
+    return RunContext(store=RunStore(tmp_path / "runs"), results_dir=tmp_path / "results", opts=CPU,
+                      log=lambda m: None)
+
+
+def read_metrics(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_run_writes_config_manifest_metrics_checkpoint_and_results_row(tmp_path):
+    cfg = resolve(tiny())
+    result = execute(cfg, ctx_for(tmp_path))
+    d = tmp_path / "runs" / cfg["run_id"]
+    for name in ("config.json", "manifest.json", "metrics.csv", "last.pt", "model.pt", "result.json"):
+        assert (d / name).is_file(), name
+    rows = read_metrics(d / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert float(rows[0]["lr"]) == pytest.approx(0.05) and float(rows[1]["lr"]) == pytest.approx(0.005)
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert manifest["status"] == "finished" and manifest["versions"]["torch"] == torch.__version__
+    assert result["top1_err"] == float(rows[-1]["top1_err"])
+    assert result["best_top1_err"] == min(float(r["top1_err"]) for r in rows)
+    (row,) = read_results(tmp_path / "results" / "unit" / "runs.csv")
+    assert row["run_id"] == cfg["run_id"] and row["status"] == "finished" and row["epochs"] == "2"
+
+
+def test_a_finished_run_is_reused_not_retrained(tmp_path):
+    cfg = resolve(tiny())
+    ctx = ctx_for(tmp_path)
+    execute(cfg, ctx)
+    stamp = (tmp_path / "runs" / cfg["run_id"] / "model.pt").stat().st_mtime_ns
+    logged = []
+    ctx.log = logged.append
+    execute(cfg, ctx)
+    assert logged == [] and (tmp_path / "runs" / cfg["run_id"] / "model.pt").stat().st_mtime_ns == stamp
+
+
+def _without_wall(history):
+    return [{k: v for k, v in r.items() if k != "wall_s"} for r in history]
+
+
+def test_resume_from_an_epoch_checkpoint_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    from kd_methods.engine import metrics
+
+    cfg = resolve(tiny(epochs=3))
+    full_ctx = ctx_for(tmp_path / "a")
+    full = execute(cfg, full_ctx)
+
+    # Die right after epoch 1's checkpoint is on disk, as a kill between epochs would.
+    original = metrics.MetricsLog.write
+
+    def write_then_die(self):
+        original(self)
+        if len(self.history) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(metrics.MetricsLog, "write", write_then_die)
+    ctx = ctx_for(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        execute(cfg, ctx)
+    monkeypatch.setattr(metrics.MetricsLog, "write", original)
+    assert not ctx.store.is_finished(cfg["run_id"])
+    resumed = execute(cfg, ctx)
+
+    def history(c):
+        return _without_wall(torch.load(c.store.dir(cfg["run_id"]) / "last.pt", weights_only=True)["history"])
+
+    assert history(ctx) == history(full_ctx)
+    assert (resumed["top1_err"], resumed["top5_err"]) == (full["top1_err"], full["top5_err"])
+    a = torch.load(full_ctx.store.dir(cfg["run_id"]) / "model.pt", weights_only=True)["models"]["student"]
+    b = torch.load(ctx.store.dir(cfg["run_id"]) / "model.pt", weights_only=True)["models"]["student"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    manifest = json.loads((ctx.store.dir(cfg["run_id"]) / "manifest.json").read_text())
+    assert manifest["resumed"] == 1
+
+
+def test_teacher_runs_first_and_is_loaded_frozen(tmp_path):
+    teacher = tiny(model="cifar_resnet14", label="teacher", paper="")
+    student = resolve(tiny(method="kd", teachers=[teacher]))
+    ctx = ctx_for(tmp_path)
+    execute(student, ctx)
+    tid = student["teachers"][0]["run_id"]
+    assert ctx.store.is_finished(tid)
+    model = load_run_model(student["teachers"][0], ctx.store)
+    assert not model.training
+    saved = torch.load(tmp_path / "runs" / tid / "model.pt", weights_only=True)["models"]
+    first = next(iter(saved.values()))
+    assert all(torch.equal(v, first[k]) for k, v in model.state_dict().items())
+
+
+def test_unknown_stage_override_is_a_config_error(tmp_path):
+    cfg = resolve(tiny(stages={"hint": Phase(length=1)}))
+    with pytest.raises(ConfigError, match="has no stage 'hint'"):
+        execute(cfg, ctx_for(tmp_path))
+
+
+def test_nan_loss_stops_the_run_keeps_the_checkpoint_and_records_failure(tmp_path):
+    cfg = resolve(tiny(epochs=3, train=Phase(length=3, optim=Optim(lr=1e30, momentum=0.0, weight_decay=0.0,
+                                                                   schedule="constant"))))
+    ctx = ctx_for(tmp_path)
+    with pytest.raises(NumericalFault, match="lower the learning rate"):
+        execute(cfg, ctx)
+    d = tmp_path / "runs" / cfg["run_id"]
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "loss" in manifest["failure"]
+    assert not (d / "result.json").exists()
+    (row,) = read_results(tmp_path / "results" / "unit" / "runs.csv")
+    assert row["status"] == "failed"
