@@ -28,6 +28,7 @@ def cell_label(cell: Cell) -> str:
 def reproduce(key: str, budget: str = "paper", data: str = "auto", data_root: str = "data", ctx=None,
               tables=None) -> None:
     from kd_methods.report import render_paper
+    from kd_methods.runs.preflight import preflight
     from kd_methods.runs.runner import RunContext, execute
     from kd_methods.runs.store import append_results_row
 
@@ -35,6 +36,7 @@ def reproduce(key: str, budget: str = "paper", data: str = "auto", data_root: st
     paper = get_paper(key)
     planned = plan(paper, budget, data, data_root, tables)
     runnable = [p for p in planned if not p[3]]
+    preflight(cfg for _, _, cfgs, _ in runnable for cfg in cfgs)
     ctx.log(f"{paper.title}: {len(planned)} cells, {len(runnable)} runnable at budget '{budget}'")
     for i, (table, cell, cfgs, why) in enumerate(planned, 1):
         if why:

@@ -73,6 +73,7 @@ def _context(args):
 
 
 def cmd_run(args) -> int:
+    from .runs.preflight import preflight
     from .runs.runner import execute
     from .runs.spec import load_spec, resolve
 
@@ -80,6 +81,7 @@ def cmd_run(args) -> int:
     if args.seed is not None:
         spec.seed = args.seed
     cfg = resolve(spec, args.budget, data=args.data, data_root=args.data_root)
+    preflight([cfg])
     result = execute(cfg, _context(args))
     print(f"run {cfg['run_id']}: top-1 error {result['top1_err']:.2f}% (best {result['best_top1_err']:.2f}%), "
           f"top-5 error {result['top5_err']:.2f}% after {result['epochs']} epochs -> "

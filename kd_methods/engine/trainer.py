@@ -63,10 +63,14 @@ def show_progress(opts: EngineOptions) -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI") and dist.is_main()
 
 
-def data_config(cfg: dict) -> DataConfig:
+def data_config(cfg: dict, world: int = 1) -> DataConfig:
+    """The spec's batch size is global: each of `world` ranks takes an equal share of every step."""
+    if cfg["batch_size"] % world:
+        raise ConfigError(f"batch_size {cfg['batch_size']} does not split over {world} processes; "
+                          f"use a multiple of {world}")
     return DataConfig(name=cfg["dataset"], root=cfg["data_root"], augment=cfg["augment"],
                       preprocess=cfg["preprocess"], train_subset=cfg["train_subset"],
-                      test_subset=cfg["test_subset"], batch_size=cfg["batch_size"], seed=cfg["seed"])
+                      test_subset=cfg["test_subset"], batch_size=cfg["batch_size"] // world, seed=cfg["seed"])
 
 
 @dataclass
@@ -111,7 +115,7 @@ def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineO
         torch.backends.cudnn.allow_tf32 = True
 
     seed_everything(cfg["seed"])
-    data = build_data(data_config(cfg), device, rank=dist.rank(), world_size=dist.world_size())
+    data = build_data(data_config(cfg, dist.world_size()), device, rank=dist.rank(), world_size=dist.world_size())
     student = create_model(cfg["model"], num_classes=data.num_classes)
     distiller = build_method(cfg["method"], student, teachers, data.num_classes, **cfg["method_args"])
     distiller.to(device)

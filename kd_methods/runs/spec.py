@@ -296,6 +296,11 @@ def validate(spec: ExperimentSpec, where: str = "config") -> None:
     for key in ("train_subset", "test_subset"):
         if getattr(spec, key) is not None and getattr(spec, key) < 1:
             raise ConfigError(f"{where}.{key} must be >= 1 (or omitted), got {getattr(spec, key)}")
+    from ..data import get_spec
+    get_spec(spec.dataset)  # unknown dataset: ConfigError with the closest name
+    if spec.augment not in (None, "none", "crop_flip", "crop_flip_reflect", "imagenet"):
+        raise ConfigError(f"{where}.augment must be none, crop_flip, crop_flip_reflect or imagenet, "
+                          f"got '{spec.augment}'")
     if spec.batch_size < 1:
         raise ConfigError(f"{where}.batch_size must be >= 1, got {spec.batch_size}")
     if spec.lr_scaling not in ("none", "linear"):
