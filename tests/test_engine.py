@@ -114,9 +114,9 @@ def test_teacher_runs_first_and_is_loaded_frozen(tmp_path):
 
 
 def test_unknown_stage_override_is_a_config_error(tmp_path):
-    cfg = resolve(tiny(stages={"hint": Phase(length=1)}))
     with pytest.raises(ConfigError, match="has no stage 'hint'"):
-        execute(cfg, ctx_for(tmp_path))
+        execute(resolve(tiny(stages={"hint": Phase(length=1)})), ctx_for(tmp_path))
+    assert not (tmp_path / "runs").exists()
 
 
 def test_nan_loss_stops_the_run_keeps_the_checkpoint_and_records_failure(tmp_path):
