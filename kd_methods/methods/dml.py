@@ -1,0 +1,109 @@
+"""Deep Mutual Learning (Zhang, Xiang, Hospedales & Lu, CVPR 2018).
+
+A cohort of K >= 2 networks learns together from scratch, with no pretrained teacher. Each network k is
+trained with its own supervised loss and a mimicry loss towards the other networks' predictions
+(Eq. 10):
+
+    L_k = CE(y, p_k) + 1/(K-1) * sum_{l != k} KL(p_l || p_k)
+
+The other networks' predictions p_l are constants in network k's loss (`dml_loss` detaches them), so
+the sum of all K losses, taken in one backward pass, gives every network exactly its own gradient.
+DML_e (Sec. 4, "ensemble" variant) instead matches the average of the others:
+L_k = CE(y, p_k) + KL(1/(K-1) sum_{l != k} p_l || p_k); the paper finds it worse than DML. For K = 2
+the two variants coincide.
+
+The student is network 1; `peers` names the architectures of networks 2..K, built fresh with
+`create_model(name, num_classes)`. Every network is evaluated (`net1`, `net2`, ...); the student is the
+headline.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..functional import dml_loss, ensemble_kd_loss
+from ..models import create_model
+from .base import METHODS, Distiller, Hyper, Stage, StepContext
+
+VARIANTS = ("dml", "dml_e")
+
+
+@METHODS.register("dml")
+class DML(Distiller):
+    """Mutual learning of the student (net1) and `peers` (net2..netK) in one stage.
+
+    Losses, for each network k: `loss_ce_net{k}` = CE(y, p_k) and `loss_dml_net{k}` = the mimicry term.
+    The engine sums them; since each term's targets are detached, the sum's gradient for network k is
+    the gradient of L_k alone.
+    """
+
+    name = "dml"
+    paper = "Zhang, Xiang, Hospedales & Lu, 'Deep Mutual Learning', CVPR 2018"
+    equation = "Eq. 10: L_k = CE(y, p_k) + 1/(K-1) sum_{l!=k} KL(p_l || p_k); DML_e: KL(mean_{l!=k} p_l || p_k)"
+    stage_names = ("train",)
+    max_teachers = 0
+    defaults = {
+        "peers": Hyper(("cifar_resnet32",), "assumed",
+                       "architectures of networks 2..K (the student is network 1); the paper's tables pair "
+                       "every combination of ResNet-32, MobileNet, InceptionV1 and WRN-28-10, so each "
+                       "experiment names its own"),
+        "variant": Hyper("dml", "paper", "'dml' (Eq. 10) or 'dml_e' (match the peers' average, Sec. 4)"),
+        "temperature": Hyper(1.0, "assumed",
+                             "the paper uses plain softmax (no temperature); T != 1 divides logits by T "
+                             "in the mimicry term and scales it by T^2 as in Hinton's KD"),
+    }
+    deviations = (
+        "All K networks are updated simultaneously from one forward pass per step (one optimiser over "
+        "all networks). Algorithm 1 updates the networks in turn and recomputes the predictions between "
+        "updates; here every network mimics its peers' predictions from before this step's update.",
+    )
+
+    def __init__(self, student: nn.Module, teachers: Sequence[nn.Module] = (),
+                 num_classes: int = 100, **hparams):
+        super().__init__(student, teachers, num_classes=num_classes, **hparams)
+        peers = self.hp["peers"]
+        if isinstance(peers, str) or not peers:
+            raise ConfigError(f"dml: 'peers' must be a non-empty list of model names, got {peers!r}; "
+                              f"e.g. peers: [cifar_resnet32]")
+        if self.hp["variant"] not in VARIANTS:
+            raise ConfigError(f"dml: unknown variant {self.hp['variant']!r}; valid: {', '.join(VARIANTS)}")
+        if not self.hp["temperature"] > 0:
+            raise ConfigError(f"dml: temperature must be > 0, got {self.hp['temperature']!r}")
+        self.peers = nn.ModuleList(create_model(name, num_classes) for name in peers)
+
+    @property
+    def networks(self) -> list[nn.Module]:
+        return [self.student, *self.peers]
+
+    def train_losses(self) -> tuple[str, ...]:
+        k = len(self.networks)
+        return tuple(f"loss_{kind}_net{i}" for i in range(1, k + 1) for kind in ("ce", "dml"))
+
+    def stages(self) -> list[Stage]:
+        return [Stage("train", trains=("student", "peers"), losses=self.train_losses())]
+
+    def trainable_groups(self) -> dict[str, nn.Module]:
+        return {"student": self.student, "peers": self.peers}
+
+    def mimicry(self, logits: Tensor, others: list[Tensor]) -> Tensor:
+        """Network k's mimicry term towards the other networks' logits (treated as constants)."""
+        t = float(self.hp["temperature"])
+        if self.hp["variant"] == "dml_e":
+            return ensemble_kd_loss(logits, [o.detach() for o in others], t)
+        return t * t * dml_loss(logits / t, [o / t for o in others])  # T = 1: Eq. 10 exactly
+
+    def forward_train(self, images: Tensor, targets: Tensor, ctx: StepContext
+                      ) -> tuple[Tensor, dict[str, Tensor]]:
+        all_logits = [net(images) for net in self.networks]
+        losses = {}
+        for k, logits in enumerate(all_logits, start=1):
+            others = [z for j, z in enumerate(all_logits, start=1) if j != k]
+            losses[f"loss_ce_net{k}"] = F.cross_entropy(logits, targets)
+            losses[f"loss_dml_net{k}"] = self.mimicry(logits, others)
+        return all_logits[0], losses
+
+    def eval_models(self) -> dict[str, nn.Module]:
+        return {f"net{i}": net for i, net in enumerate(self.networks, start=1)}
