@@ -137,6 +137,9 @@ class Regressor(nn.Module):
         self.activation, self.pieces = activation, pieces if activation == "maxout" else 1
         self.conv = nn.Conv2d(guided[0], hint[0] * self.pieces, kernel)
 
+    def extra_repr(self) -> str:
+        return f"activation={self.activation!r}, pieces={self.pieces}"
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv(x)
         if self.activation == "relu":
