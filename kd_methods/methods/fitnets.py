@@ -92,7 +92,7 @@ def probe_features(model: nn.Module, points: dict[str, str], input_size: Sequenc
 
 
 def modules_before(model: nn.Module, points: Sequence[str], input_size: Sequence[int]) -> list[nn.Module]:
-    """Modules with parameters of their own that finish running before every feature in `points`
+    """Modules with parameters of their own that finish running before the last feature of `points`
     exists, in execution order (a dry run records the order). For an output point "path" the module
     at path and its children are included; for an input point "path:in" they are not."""
     pending = set(points)
