@@ -18,6 +18,9 @@ def build_optimizer(params, optim: dict, lr_multiplier: float = 1.0) -> torch.op
     if optim["name"] == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, alpha=optim["alpha"], eps=optim["eps"],
                                    momentum=optim["momentum"], weight_decay=optim["weight_decay"])
+    if optim["name"] == "adam":  # Adam is RMSProp with momentum: beta1 = momentum, beta2 = alpha
+        return torch.optim.Adam(params, lr=lr, betas=(optim["momentum"], optim["alpha"]), eps=optim["eps"],
+                                weight_decay=optim["weight_decay"])
     raise ValueError(f"unknown optimiser {optim['name']!r}")
 
 

@@ -28,17 +28,17 @@ from ..registry import closest
 @dataclass
 class Optim:
     """Optimiser and learning-rate schedule of one phase. Milestones are in the phase's unit."""
-    name: str = "sgd"                 # sgd | rmsprop
+    name: str = "sgd"                 # sgd | rmsprop | adam
     lr: float = 0.1
-    momentum: float = 0.9
+    momentum: float = 0.9             # adam: beta1 (the first-moment decay)
     nesterov: bool = False
     weight_decay: float = 5e-4
     schedule: str = "multistep"       # constant | step | multistep | cosine
     milestones: list[float] = field(default_factory=list)   # multistep: lr *= gamma at each
     step_size: float = 0.0            # step: lr *= gamma every step_size units
     gamma: float = 0.1
-    alpha: float = 0.99               # rmsprop smoothing
-    eps: float = 1e-8                 # rmsprop epsilon
+    alpha: float = 0.99               # rmsprop smoothing; adam: beta2 (the second-moment decay)
+    eps: float = 1e-8                 # rmsprop / adam epsilon
 
 
 @dataclass
@@ -87,7 +87,7 @@ class ExperimentSpec:
 LABEL_FIELDS = ("paper", "table", "label")
 UNITS = ("epoch", "iter")
 SCHEDULES = ("constant", "step", "multistep", "cosine")
-OPTIMISERS = ("sgd", "rmsprop")
+OPTIMISERS = ("sgd", "rmsprop", "adam")
 
 
 # -- budgets -------------------------------------------------------------------------------------
