@@ -150,6 +150,11 @@ def test_svhn_reads_mat_files_and_maps_label_10_to_0(tmp_path):
     assert x[1, 2, 5, 9].item() == pytest.approx(pixel, abs=1e-5)
 
 
+def test_missing_svhn_names_the_file(tmp_path):
+    with pytest.raises(DataMissing, match="SVHN not found under .*svhn .train_32x32.mat is missing.*download svhn"):
+        build_data(DataConfig("svhn", root=str(tmp_path)))
+
+
 def _idx(path, array):
     path.parent.mkdir(parents=True, exist_ok=True)
     header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, ">i4").tobytes()
@@ -273,6 +278,9 @@ def test_cub200_uses_the_official_split(tmp_path):
     assert yt.tolist() == [0, 2]
     (tmp_path / "cub200" / "CUB_200_2011" / "images" / "002.Laysan_Albatross" / "c.jpg").unlink()
     with pytest.raises(DataMissing, match="c.jpg is missing"):
+        build_data(DataConfig("cub200", root=str(tmp_path), num_workers=0))
+    (tmp_path / "cub200" / "CUB_200_2011" / "train_test_split.txt").write_text("1 1\n2 0\n")
+    with pytest.raises(DataMissing, match="different image ids"):
         build_data(DataConfig("cub200", root=str(tmp_path), num_workers=0))
 
 

@@ -29,9 +29,9 @@ Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x_train, y_tra
 class DataConfig:
     name: str                             # a DATASETS entry, e.g. synthetic100, cifar100, imagenet
     root: str = "data"                    # real datasets live in root/<name>/
-    augment: Optional[str] = None         # None: the dataset's default; none | crop_flip | crop_flip_reflect | imagenet
+    augment: Optional[str] = None         # None: dataset default | none | crop_flip | crop_flip_reflect | imagenet
     preprocess: str = "standard"          # standard (per-channel mean/std) | zca (GCN + ZCA fitted on train)
-    train_subset: Optional[int] = None   # first-N class-stratified subset (synthetic: the set's size)
+    train_subset: Optional[int] = None    # first-N class-stratified subset (synthetic: the set's size)
     test_subset: Optional[int] = None
     batch_size: int = 128                 # per rank
     eval_batch_size: int = 512

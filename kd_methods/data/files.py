@@ -76,15 +76,16 @@ def read_cifar(root: str | Path, num_classes: int) -> Arrays:
 def read_svhn(root: str | Path) -> Arrays:
     """SVHN cropped digits (train and test .mat files; the `extra` set is not used). Label 10 means 0."""
     where = Path(root) / "svhn"
-    out = []
-    for split in ("train", "test"):
-        path = where / f"{split}_32x32.mat"
+    paths = [where / f"{split}_32x32.mat" for split in ("train", "test")]
+    for path in paths:
         if not path.is_file():
             raise missing("SVHN", where, f"{path.name} is missing", "svhn")
-        try:
-            import scipy.io
-        except ImportError:
-            raise DataMissing("reading SVHN needs scipy: pip install scipy") from None
+    try:
+        import scipy.io
+    except ImportError:
+        raise DataMissing("reading SVHN's .mat files needs scipy: pip install scipy") from None
+    out = []
+    for path in paths:
         try:
             mat = scipy.io.loadmat(path)
             images = np.ascontiguousarray(np.asarray(mat["X"], dtype=np.uint8).transpose(3, 2, 0, 1))

@@ -5,11 +5,11 @@ Layouts:
     ROOT/cub200/CUB_200_2011/{images.txt, train_test_split.txt, image_class_labels.txt, images/...}
 
 Transforms (both datasets): train = RandomResizedCrop(224, scale (0.08, 1), ratio (3/4, 4/3)) + horizontal
-flip; test = Resize(256) + CenterCrop(224). (Other input sizes: see `ImageFiles`.) Workers return uint8 tensors (a quarter of the host->device
-traffic of float32); the loader moves them with non_blocking copies from pinned memory and normalises on
-the device. The train crop and flip of sample i in epoch e come from a generator seeded by
-(seed, e, i), so the batches of an epoch do not depend on the number of workers or on the process's
-global RNG, and a resumed run reproduces them.
+flip; test = Resize(256) + CenterCrop(224) (other input sizes: see `ImageFiles`). Workers return uint8
+tensors (a quarter of the host->device traffic of float32); the loader moves them with non_blocking copies
+from pinned memory and normalises on the device. The train crop and flip of sample i in epoch e come from
+a generator seeded by (seed, e, i), so the batches of an epoch do not depend on the number of workers or
+on the process's global RNG, and a resumed run reproduces them.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataMissing
-from .sampling import AUGMENT, check_rank, epoch_order, eval_positions, generator, train_positions
+from .sampling import AUGMENT, EpochLoader, epoch_order, generator
 
 Samples = list[tuple[str, int]]  # (image path, class index)
 FOLDER_AUGMENTS = ("imagenet", "none")
@@ -87,7 +87,7 @@ class ImageFiles(Dataset):
         return TF.pil_to_tensor(img), label
 
 
-class FolderLoader:
+class FolderLoader(EpochLoader):
     """Same protocol as `TensorLoader` (len, set_epoch, iteration yields device tensors) over image files."""
 
     def __init__(self, samples: Samples, *, batch_size: int, mean: Sequence[float], std: Sequence[float],
@@ -96,43 +96,26 @@ class FolderLoader:
                  size: tuple[int, int] = (224, 224)):
         if augment not in FOLDER_AUGMENTS:
             raise ValueError(f"unknown augmentation {augment!r}; valid: {', '.join(FOLDER_AUGMENTS)}")
-        check_rank(rank, world_size)
-        self.samples, self.batch_size, self.train, self.seed = samples, batch_size, train, seed
-        self.rank, self.world_size, self.device = rank, world_size, torch.device(device)
+        self.device = torch.device(device)
+        super().__init__(batch_size=batch_size, train=train, seed=seed, rank=rank, world_size=world_size,
+                         mean=mean, std=std, scale=1.0 / 255, device=self.device)
+        self.samples, self.num_samples = samples, len(samples)
         self.dataset = ImageFiles(samples, train=train and augment == "imagenet", seed=seed, size=size)
-        self.epoch = 0
         self._loader = DataLoader(self.dataset, batch_sampler=_Batches(self), num_workers=num_workers,
                                   pin_memory=self.device.type == "cuda",
                                   persistent_workers=num_workers > 0)
-        shape = (1, -1, 1, 1)
-        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(shape)
-        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(shape)
-        self._mul, self._add = (1.0 / 255) / std_t, -mean_t / std_t
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _positions(self) -> list[Tensor]:
-        n = len(self.samples)
-        if self.train:
-            return list(train_positions(n, self.batch_size, self.rank, self.world_size))
-        return eval_positions(n, self.batch_size, self.rank, self.world_size)
-
-    def __len__(self) -> int:
-        return len(self._positions())
 
     def batches(self) -> Iterator[list[tuple[int, int]]]:
         """This rank's batches of the current epoch as lists of dataset keys `(i, epoch)`."""
         epoch = self.epoch
-        order = epoch_order(len(self.samples), self.seed, epoch, shuffle=self.train)
-        for pos in self._positions():
+        order = epoch_order(self.num_samples, self.seed, epoch, shuffle=self.train)
+        for pos in self.positions():
             yield [(i, epoch) for i in order[pos].tolist()]
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for images, targets in self._loader:
             images = images.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
-            yield torch.addcmul(self._add, images.float(), self._mul), targets
+            yield self.normalize(images), targets.to(self.device, non_blocking=True)
 
 
 class _Batches:
@@ -182,10 +165,16 @@ def scan_cub200(root: str | Path) -> tuple[Samples, Samples, int]:
         path = where / name
         if not path.is_file():
             raise DataMissing(f"CUB-200-2011 not found under {where} ({name} is missing); {hint}")
-        rows = [line.split(maxsplit=1) for line in path.read_text().splitlines() if line.strip()]
-        tables[name] = {int(key): value.strip() for key, value in rows}
+        try:
+            rows = [line.split(maxsplit=1) for line in path.read_text().splitlines() if line.strip()]
+            tables[name] = {int(key): value.strip() for key, value in rows}
+        except ValueError:
+            raise DataMissing(f"{path} is not a list of '<image id> <value>' lines; {hint}") from None
     images, is_train, labels = (tables[n] for n in ("images.txt", "train_test_split.txt",
                                                     "image_class_labels.txt"))
+    if not images.keys() == is_train.keys() == labels.keys():
+        raise DataMissing(f"CUB-200-2011 under {where}: images.txt, train_test_split.txt and "
+                          f"image_class_labels.txt list different image ids; {hint}")
     train, test = [], []
     for image_id, rel in sorted(images.items()):
         path = where / "images" / rel

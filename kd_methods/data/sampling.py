@@ -14,6 +14,7 @@ and the blocks of all ranks cover the test set exactly once.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -61,3 +62,39 @@ def eval_positions(n: int, batch_size: int, rank: int, world_size: int) -> list[
 def check_rank(rank: int, world_size: int) -> None:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+
+
+class EpochLoader:
+    """What both loaders share: epoch selection, this rank's batch positions, device-side normalisation.
+
+    Subclasses set `num_samples` and implement `__iter__`.
+    """
+
+    num_samples: int
+
+    def __init__(self, *, batch_size: int, train: bool, seed: int, rank: int, world_size: int,
+                 mean: Sequence[float], std: Sequence[float], scale: float, device: torch.device):
+        check_rank(rank, world_size)
+        self.batch_size, self.train, self.seed = batch_size, train, seed
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
+        shape = (1, -1, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(shape)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(shape)
+        self._mul, self._add = scale / std_t, -mean_t / std_t
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentation the next iteration yields."""
+        self.epoch = epoch
+
+    def positions(self) -> list[Tensor]:
+        """This rank's batches as positions into the epoch order."""
+        if self.train:
+            return list(train_positions(self.num_samples, self.batch_size, self.rank, self.world_size))
+        return eval_positions(self.num_samples, self.batch_size, self.rank, self.world_size)
+
+    def __len__(self) -> int:
+        return len(self.positions())
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """(images * scale - mean) / std per channel, as float32."""
+        return torch.addcmul(self._add, images.float(), self._mul)

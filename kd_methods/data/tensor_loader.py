@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from .sampling import AUGMENT, check_rank, epoch_order, eval_positions, generator, train_positions
+from .sampling import AUGMENT, EpochLoader, epoch_order, generator
 
 PAD = 4
 TENSOR_AUGMENTS = {"none": None, "crop_flip": "zeros", "crop_flip_reflect": "reflect"}
@@ -54,7 +54,7 @@ def crop_flip(images: Tensor, offsets: Tensor, flips: Tensor, pad: int = PAD, mo
     return out
 
 
-class TensorLoader:
+class TensorLoader(EpochLoader):
     """Batches of `(images float32 NCHW normalised, targets int64)` on the images' device.
 
     train=True: shuffled, augmented, last partial global batch dropped, sharded across ranks.
@@ -68,48 +68,27 @@ class TensorLoader:
                  rank: int = 0, world_size: int = 1, pad: int = PAD):
         if augment not in TENSOR_AUGMENTS:
             raise ValueError(f"unknown augmentation {augment!r}; valid: {', '.join(TENSOR_AUGMENTS)}")
-        check_rank(rank, world_size)
         if len(images) != len(targets):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
-        self.images, self.targets = images, targets.to(images.device, torch.int64)
-        self.batch_size, self.train, self.seed = batch_size, train, seed
-        self.rank, self.world_size, self.pad = rank, world_size, pad
-        self.padding_mode = TENSOR_AUGMENTS[augment] if train else None
-        self.augment = augment if train else "none"
         scale = 1.0 / 255 if images.dtype == torch.uint8 else 1.0
-        shape = (1, -1, 1, 1)
-        std_t = torch.tensor(std, dtype=torch.float32, device=images.device).view(shape)
-        mean_t = torch.tensor(mean, dtype=torch.float32, device=images.device).view(shape)
-        self._mul, self._add = scale / std_t, -mean_t / std_t
-        self.epoch = 0
+        super().__init__(batch_size=batch_size, train=train, seed=seed, rank=rank, world_size=world_size,
+                         mean=mean, std=std, scale=scale, device=images.device)
+        self.images, self.targets = images, targets.to(images.device, torch.int64)
+        self.num_samples, self.pad = len(images), pad
+        self.padding_mode = TENSOR_AUGMENTS[augment] if train else None
 
     @property
     def device(self) -> torch.device:
         return self.images.device
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _positions(self) -> list[Tensor]:
-        n = len(self.images)
-        if self.train:
-            return list(train_positions(n, self.batch_size, self.rank, self.world_size))
-        return eval_positions(n, self.batch_size, self.rank, self.world_size)
-
-    def __len__(self) -> int:
-        return len(self._positions())
-
-    def normalize(self, images: Tensor) -> Tensor:
-        return torch.addcmul(self._add, images.float(), self._mul)
-
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        n, device = len(self.images), self.device
+        n, device = self.num_samples, self.device
         order = epoch_order(n, self.seed, self.epoch, shuffle=self.train).to(device)
         if self.padding_mode is not None:
             g = generator(self.seed, self.epoch, AUGMENT)
             offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=g).to(device)
             flips = (torch.rand(n, generator=g) < 0.5).to(device)
-        for pos in self._positions():
+        for pos in self.positions():
             pos = pos.to(device)
             index = order[pos]
             images = self.images.index_select(0, index)
