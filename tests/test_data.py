@@ -285,3 +285,12 @@ def test_loader_runs_on_a_gpu_like_cpu_when_available():
     for (xc, yc), (xg, yg) in zip(cpu.train, gpu.train):
         assert xg.is_cuda and torch.equal(yc, yg.cpu()) and torch.allclose(xc, xg.cpu(), atol=1e-6)
     assert math.isclose(len(cpu.train), len(gpu.train))
+
+
+def test_zca_with_fewer_images_than_dimensions_matches_the_eigendecomposition():
+    x = torch.randn(20, 3, 3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    flat = x.reshape(20, 27)
+    centred = flat - flat.mean(0)
+    eigvals, eigvecs = torch.linalg.eigh(centred.T @ centred / 20)
+    expected = (eigvecs * (eigvals.clamp_min(0) + 0.1).rsqrt()) @ eigvecs.T
+    assert torch.allclose(ZCA.fit(x, bias=0.1).matrix, expected, atol=1e-8)

@@ -40,6 +40,15 @@ class ZCA:
         n = len(x)
         flat = x.reshape(n, -1)
         mean = flat.double().mean(dim=0)
+        if n < flat.shape[1]:
+            # Fewer images than dimensions (tiny subsets): Sigma has rank < n, its eigenvectors with non-zero
+            # eigenvalues are the right singular vectors V of the centred data, and every other direction
+            # has eigenvalue 0, so the same matrix is b^-1/2 I + V diag((lambda+b)^-1/2 - b^-1/2) V^T:
+            # an n x D SVD instead of a D x D eigendecomposition.
+            _, s, vh = torch.linalg.svd(flat.double() - mean, full_matrices=False)
+            scale = (s.pow(2) / n + bias).rsqrt() - bias ** -0.5
+            eye = torch.eye(flat.shape[1], dtype=torch.float64, device=x.device)
+            return cls(mean, (vh.T * scale) @ vh + bias ** -0.5 * eye)
         cov = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float64, device=x.device)
         for chunk in flat.split(CHUNK):
             centred = chunk.double() - mean
