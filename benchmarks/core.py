@@ -116,7 +116,14 @@ def plan(paper: Paper, budget: str, data: str, data_root: str, tables=None) -> l
             cfgs = [resolve(s, budget, data=data, data_root=data_root) for s in cell_specs(cell, budget)]
             missing = sorted({c["dataset"] for c in _all_configs(cfgs)
                               if c["dataset"] in NEEDS_REAL_DATA and not dataset_available(c["dataset"], data_root)})
-            why = f"needs {', '.join(missing)} under {data_root}/ (not present)" if missing else ""
+            weights = sorted({t["pretrained"]["path"] for c in _all_configs(cfgs) for t in c["teachers"]
+                              if "pretrained" in t and not Path(t["pretrained"]["path"]).is_file()})
+            reasons = []
+            if missing:
+                reasons.append(f"needs {', '.join(missing)} under {data_root}/ (not present)")
+            if weights:
+                reasons.append(f"needs pretrained weights {', '.join(weights)} (not present)")
+            why = "; ".join(reasons)
             out.append((table, cell, cfgs, why))
     return out
 
