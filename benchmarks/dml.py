@@ -282,7 +282,7 @@ def draw_cohort(paper, rows, budget, runs_dir, path):
     from .feed_plots import figure_title, save
 
     tables = [t for t in paper.tables if t.key.startswith("cohort_")]
-    fig = Figure(figsize=(5.2 * len(tables), 4.0))
+    fig = Figure(figsize=(5.2 * len(tables), 4.2), layout="constrained")
     used = []
     for i, table in enumerate(tables):
         ax = fig.add_subplot(1, len(tables), i + 1)
@@ -296,7 +296,9 @@ def draw_cohort(paper, rows, budget, runs_dir, path):
                 bests.append(max(values))
                 used += _finished(rows, table.key, next(c for c in table.cells if c.row == row), budget)
         ylabel = "top-1 accuracy (%)" if metric == "top1_err" else "mAP (%)"
-        _lines(ax, xs, {"mean over the cohort": means, "best network": bests}, "cohort size K", ylabel, paper.key)
+        hint = "Market-1501 needs data/market1501" if "market1501" in table.key else ""
+        _lines(ax, xs, {"mean over the cohort": means, "best network": bests}, "cohort size K", ylabel, paper.key,
+               hint)
         ax.set_title(table.title.split(":")[0], fontsize=9)
     fig.suptitle(figure_title("DML: performance against cohort size", budget, used), fontsize=9)
     save(fig, path)
@@ -308,7 +310,7 @@ def draw_dmle(paper, rows, budget, runs_dir, path):
 
     from .feed_plots import figure_title, save
 
-    fig = Figure(figsize=(5.6, 4.0))
+    fig = Figure(figsize=(5.6, 4.0), layout="constrained")
     ax = fig.add_subplot()
     table = next(t for t in paper.tables if t.key == "dml_vs_dmle")
     series: dict[str, list[float]] = {"DML": [], "DML_e": []}
@@ -360,10 +362,10 @@ def draw_gains(paper, rows, budget, runs_dir, path):
                 means.append(sum(values) / len(values) if values else None)
                 used += found
             paper_values = [refs.get((table.key, row, c.col), {}).get("value") for c in (ind, dml)]
-            labels.append(f"{row.replace('Net1=', '').replace(', Net2=', '/')}\n{net}")
+            labels.append(f"{row.replace('Net1=', '').replace(', Net2=', '/')} {net}")
             ours.append(means[0] - means[1] if None not in means else None)  # error drop = accuracy gain
             theirs.append(paper_values[1] - paper_values[0] if None not in paper_values else None)
-    fig = Figure(figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 5.0), layout="constrained")
     ax = fig.add_subplot()
     if any(v is not None for v in ours):
         x = range(len(labels))
@@ -372,7 +374,7 @@ def draw_gains(paper, rows, budget, runs_dir, path):
         ax.bar([i + 0.2 for i in x], [nan if v is None else v for v in theirs], width=0.4,
                label="paper (from its accuracies)")
         ax.set_xticks(list(x))
-        ax.set_xticklabels(labels, fontsize=6)
+        ax.set_xticklabels(labels, fontsize=7, rotation=35, ha="right")
         ax.axhline(0, color="0.3", lw=0.8)
         ax.set_ylabel("DML - Independent, top-1 accuracy (points)")
         ax.legend(fontsize=8)
@@ -383,9 +385,10 @@ def draw_gains(paper, rows, budget, runs_dir, path):
     save(fig, path)
 
 
-def _lines(ax, xs, series: dict[str, list[float]], xlabel: str, ylabel: str, paper_key: str) -> None:
+def _lines(ax, xs, series: dict[str, list[float]], xlabel: str, ylabel: str, paper_key: str,
+           hint: str = "") -> None:
     if not xs:
-        _empty(ax, paper_key)
+        _empty(ax, paper_key, hint)
         return
     for name, ys in series.items():
         ax.plot(xs, ys, marker="o", label=name)
@@ -396,9 +399,9 @@ def _lines(ax, xs, series: dict[str, list[float]], xlabel: str, ylabel: str, pap
     ax.grid(alpha=0.3)
 
 
-def _empty(ax, paper_key: str) -> None:
-    ax.text(0.5, 0.5, f"no finished runs yet\nrun `make reproduce-{paper_key}`", ha="center", va="center",
-            transform=ax.transAxes, fontsize=11, color="0.4")
+def _empty(ax, paper_key: str, hint: str = "") -> None:
+    ax.text(0.5, 0.5, f"no finished runs yet\n{hint or f'run `make reproduce-{paper_key}`'}", ha="center",
+            va="center", transform=ax.transAxes, fontsize=11, color="0.4")
     ax.set_xticks([])
     ax.set_yticks([])
 

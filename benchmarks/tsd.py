@@ -137,7 +137,7 @@ def _draw_lines(prefix: str, title: str, xlabel: str, x_of):
         from .feed_plots import figure_title, save
 
         tables = [t for t in paper.tables if t.key.startswith(prefix)]
-        fig = Figure(figsize=(5.6 * len(tables), 4.2))
+        fig = Figure(figsize=(5.6 * len(tables), 4.4), layout="constrained")
         used = []
         for i, table in enumerate(tables):
             ax = fig.add_subplot(1, len(tables), i + 1)
