@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="results/bench")
     p.add_argument("--quick", action="store_true", help="fewer repeats (for CI)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="time a torch.compile case and report its compile time (default: on CUDA only)")
 
     p = sub.add_parser("download", help="download a dataset with checksum verification (needs internet)")
     p.add_argument("name", choices=["cifar10", "cifar100", "svhn", "mnist"])
@@ -104,7 +106,7 @@ def cmd_report(args) -> int:
 
 def cmd_bench(args) -> int:
     from .bench import main as bench_main
-    return bench_main(device=args.device, out=Path(args.out), quick=args.quick)
+    return bench_main(device=args.device, out=Path(args.out), quick=args.quick, compile=args.compile)
 
 
 def cmd_download(args) -> int:

@@ -88,8 +88,12 @@ class TensorLoader(EpochLoader):
             g = generator(self.seed, self.epoch, AUGMENT)
             offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=g).to(device)
             flips = (torch.rand(n, generator=g) < 0.5).to(device)
-        for pos in self.positions():
-            pos = pos.to(device)
+        positions = self.positions()
+        if not positions:
+            return
+        # One host-to-device copy of the epoch's positions: a blocking copy per batch would make the host
+        # wait for the GPU at every step (no overlap of Python with the queued kernels).
+        for pos in torch.cat(positions).to(device).split([len(p) for p in positions]):
             index = order[pos]
             images = self.images.index_select(0, index)
             if self.padding_mode is not None:

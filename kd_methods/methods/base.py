@@ -173,7 +173,22 @@ class Distiller(nn.Module):
 
     def teacher_logits(self, images: Tensor) -> list[Tensor]:
         """Every teacher's logits as constants (computed under inference_mode)."""
-        return [as_constant(self._teacher_forward(t, images)) for t in self.teachers]
+        return as_constant(self.run_teachers(self.teachers, images))
+
+    def run_teachers(self, runners: Sequence, images: Tensor) -> list:
+        """`[r(images) for r in runners]` under inference_mode, for teachers or FeatureTaps on them.
+        Several go through `engine.multi.ParallelForward`, which runs them as a loop, one torch.func vmap
+        over stacked weights, or on CUDA streams, whichever it measured fastest (a loop when
+        deterministic algorithms are requested)."""
+        if len(runners) < 2:
+            return [self._teacher_forward(r, images) for r in runners]
+        from ..engine.multi import ParallelForward
+        key = tuple(map(id, runners))
+        cache = self.__dict__.setdefault("_parallel", {})
+        if key not in cache:
+            deterministic = torch.are_deterministic_algorithms_enabled()
+            cache[key] = ParallelForward(runners, "loop" if deterministic else "auto")
+        return cache[key](images)
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -60,4 +60,4 @@ class FeatureDistiller(Distiller):
 
     def teacher_forwards(self, images: Tensor) -> list[tuple[Tensor, dict[str, Tensor]]]:
         """Each teacher's (logits, features), run once under inference_mode, returned as constants."""
-        return [as_constant(self._teacher_forward(tap, images)) for tap in self.teacher_taps]
+        return as_constant(self.run_teachers(self.teacher_taps, images))
