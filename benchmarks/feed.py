@@ -112,9 +112,9 @@ PROTOCOL_NOTES = [
     "trained from scratch by the suite with the recipe above (seeds 0 and 1; their runs are the 'Scratch' "
     "cell). Other pretrained ResNet-34 weights (timm's) could replace them but have no recorded checksum here.",
     f"assumed: Table 5 shows {N_IMAGENET_STACKS} sFEED stacks; Stack-0 is torchvision's pretrained ResNet-34.",
-    "possible deviation: the paper's ImageNet base models come from torchvision's pretrained weights; if its "
-    "students also start from them, note that the suite cannot initialise a student from a weights file, so "
-    "the ImageNet students here train from scratch with the recipe above.",
+    "assumed: the ImageNet students train from a fresh initialisation with the recipe above. The paper's "
+    "ImageNet base models come from torchvision's pretrained weights; whether its students also started from "
+    "them was not read (to do so, give `imagenet()` students init=TORCHVISION_RESNET34).",
 ]
 
 

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from kd_methods.engine.checkpoint import write_atomic
 
@@ -95,7 +96,7 @@ def draw_probe_curves(table_key: str, loss: str = "loss_rec", stage: str = "para
 
     def draw(paper, rows, budget, runs_dir, path):
         table = _table(paper, table_key)
-        fig = Figure(figsize=(6.4, 4.2))
+        fig = Figure(figsize=(6.4, 4.2), layout="constrained")
         ax = fig.add_subplot()
         used = []
         for cell in table.cells:
@@ -109,6 +110,7 @@ def draw_probe_curves(table_key: str, loss: str = "loss_rec", stage: str = "para
                 used.append(runs[0])
         if used:
             ax.set_xlabel(f"{stage} epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(f"reconstruction loss ({loss})")
             ax.legend(fontsize=8)
             ax.grid(alpha=0.3)
@@ -125,7 +127,7 @@ def draw_stacks(table_key: str):
 
     def draw(paper, rows, budget, runs_dir, path):
         table = _table(paper, table_key)
-        fig = Figure(figsize=(6.4, 4.2))
+        fig = Figure(figsize=(6.4, 4.2), layout="constrained")
         ax = fig.add_subplot()
         used = []
         for row in table.rows:
@@ -168,7 +170,7 @@ def draw_training_curves(table_key: str):
     def draw(paper, rows, budget, runs_dir, path):
         table = _table(paper, table_key)
         n = len(table.rows)
-        fig = Figure(figsize=(5.0 * min(n, 2), 3.6 * ((n + 1) // 2)))
+        fig = Figure(figsize=(5.0 * min(n, 2), 3.6 * ((n + 1) // 2)), layout="constrained")
         used = []
         for i, row in enumerate(table.rows):
             ax = fig.add_subplot((n + 1) // 2, min(n, 2), i + 1)
@@ -189,6 +191,7 @@ def draw_training_curves(table_key: str):
                 used.append(runs[0])
             if drawn:
                 ax.set_xlabel("epoch")
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.set_ylabel("test top-1 error (%)")
                 ax.legend(fontsize=7)
                 ax.grid(alpha=0.3)
