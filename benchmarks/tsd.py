@@ -141,7 +141,7 @@ def _draw_lines(prefix: str, title: str, xlabel: str, x_of):
         used = []
         for i, table in enumerate(tables):
             ax = fig.add_subplot(1, len(tables), i + 1)
-            drawn = False
+            drawn, xs = False, set()
             for row in table.rows:
                 points = []
                 for cell in (c for c in table.cells if c.row == row):
@@ -152,7 +152,9 @@ def _draw_lines(prefix: str, title: str, xlabel: str, x_of):
                 if points:
                     ax.plot(*zip(*points), marker="o", label=row)
                     drawn = True
+                    xs.update(x for x, _ in points)
             if drawn:
+                ax.set_xticks(sorted(xs))
                 ax.set_xlabel(xlabel)
                 ax.set_ylabel("top-1 error (%)")
                 ax.legend(fontsize=8)
