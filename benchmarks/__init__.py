@@ -27,6 +27,7 @@ def cell_label(cell: Cell) -> str:
 
 def reproduce(key: str, budget: str = "paper", data: str = "auto", data_root: str = "data", ctx=None,
               tables=None) -> None:
+    from kd_methods.engine import distributed as dist
     from kd_methods.report import render_paper
     from kd_methods.runs.preflight import preflight
     from kd_methods.runs.runner import RunContext, execute
@@ -41,14 +42,16 @@ def reproduce(key: str, budget: str = "paper", data: str = "auto", data_root: st
     for i, (table, cell, cfgs, why) in enumerate(planned, 1):
         if why:
             ctx.log(f"[skip] {table.key} {cell_label(cell)}: {why}")
-            append_results_row(ctx.results_dir, paper.key, dict(
-                run_id="-", paper=paper.key, table=table.key, label=cell_label(cell), budget=budget,
-                status=f"not run: {why}"))
+            if dist.is_main():
+                append_results_row(ctx.results_dir, paper.key, dict(
+                    run_id="-", paper=paper.key, table=table.key, label=cell_label(cell), budget=budget,
+                    status=f"not run: {why}"))
             continue
         for cfg in cfgs:
             cfg = dict(cfg, labels=dict(paper=paper.key, table=table.key, label=cell_label(cell)))
             execute(cfg, ctx)
-    render_paper(paper, results_dir=Path(ctx.results_dir), runs_dir=ctx.store.root)
+    if dist.is_main():  # under torchrun every rank trains, rank 0 writes
+        render_paper(paper, results_dir=Path(ctx.results_dir), runs_dir=ctx.store.root)
 
 
 __all__ = ["Cell", "Paper", "Plot", "Table", "generations", "labelled", "seeds", "get_paper", "reproduce",

@@ -1,13 +1,16 @@
 """`kd-bench`: run one experiment, reproduce a paper's tables, render reports, benchmark speed.
 
 Errors a user can cause (bad config, missing data, corrupt checkpoint) print one line on stderr and exit
-with status 2; nothing is written before the config has been validated.
+with status 2; nothing is written before the config has been validated. Under torchrun every rank runs
+this; rank 0 alone logs and writes, and a rank whose peer died prints one line and exits with status 4.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .errors import NumericalFault, UserError
@@ -63,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log(msg: str) -> None:
+    from .engine import distributed as dist
+    if dist.is_main():  # under torchrun rank 0 speaks for the job
+        print(msg, flush=True)
+
+
 def _context(args):
     from .engine.trainer import EngineOptions
     from .runs.runner import RunContext
@@ -71,10 +80,11 @@ def _context(args):
     opts = EngineOptions(device=args.device, amp=not args.no_amp, compile=args.compile,
                          progress=args.progress, deterministic=args.deterministic)
     return RunContext(store=RunStore(args.runs_dir), results_dir=Path(args.results_dir), opts=opts,
-                      log=lambda msg: print(msg, flush=True))
+                      log=_log)
 
 
 def cmd_run(args) -> int:
+    from .engine import distributed as dist
     from .runs.preflight import preflight
     from .runs.runner import execute
     from .runs.spec import load_spec, resolve
@@ -85,6 +95,8 @@ def cmd_run(args) -> int:
     cfg = resolve(spec, args.budget, data=args.data, data_root=args.data_root)
     preflight([cfg])
     result = execute(cfg, _context(args))
+    if not dist.is_main():
+        return 0
     print(f"run {cfg['run_id']}: top-1 error {result['top1_err']:.2f}% (best {result['best_top1_err']:.2f}%), "
           f"top-5 error {result['top5_err']:.2f}% after {result['epochs']} epochs -> "
           f"{Path(args.runs_dir) / cfg['run_id']}")
@@ -119,21 +131,53 @@ COMMANDS = {"run": cmd_run, "reproduce": cmd_reproduce, "report": cmd_report, "b
             "download": cmd_download}
 
 
+class Stopped(Exception):
+    """SIGTERM: how torchrun stops the other ranks when one fails, and how SLURM ends a job."""
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .engine import distributed as dist
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_stopped) if in_main_thread else None
     try:
         dist.init_from_env()
-        return COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
+        dist.shutdown()
+        return status
     except UserError as e:
-        print(f"kd-bench: error: {e}", file=sys.stderr)
+        print(f"kd-bench: {_where(dist)}error: {e}", file=sys.stderr)
         return 2
     except NumericalFault as e:
-        print(f"kd-bench: training diverged: {e}", file=sys.stderr)
+        print(f"kd-bench: {_where(dist)}training diverged: {e}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print("kd-bench: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except Stopped:
+        why = " (torchrun stops every rank when one fails; its summary names the failed rank)" \
+            if dist.is_distributed() else ""
+        print(f"kd-bench: {_where(dist)}stopped by SIGTERM{why}; the last checkpoint is kept: run the same "
+              f"command again to resume", file=sys.stderr)
+        return 143
+    except Exception as e:
+        if not (dist.is_distributed() and dist.is_peer_failure(e)):
+            raise
+        print(f"kd-bench: {dist.peer_failure_message(e)}", file=sys.stderr)
+        return 4
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _where(dist) -> str:
+    """'rank r of n: ' under torchrun (every rank reports its own errors), else nothing."""
+    return f"rank {dist.rank()} of {dist.world_size()}: " if dist.is_distributed() else ""
+
 
 
 if __name__ == "__main__":

@@ -1,15 +1,25 @@
 """torch.distributed glue: who am I, wrap what trains, reduce metrics. A no-op on one process.
 
-Launch with torchrun; the engine reads RANK/WORLD_SIZE/LOCAL_RANK from the environment. The whole
-Distiller is wrapped in DistributedDataParallel: its parameters are exactly the student, peers and
-adapters (teachers live outside the module tree), so frozen teachers are replicated, never wrapped.
+Launch with torchrun (one node or several); the engine reads RANK/WORLD_SIZE/LOCAL_RANK from the
+environment and joins the process group (NCCL on GPUs, gloo on CPUs). The whole Distiller is wrapped in
+DistributedDataParallel: its parameters are exactly the student, peers and adapters (teachers live outside
+the module tree), so frozen teachers are replicated on every rank, never wrapped.
+
+DDP registers the parameters that require grad when it is built, so the engine builds a new wrapper for
+every stage, after `set_trainable`. Within a stage a method's graph is fixed (methods branch on the stage
+only), so the wrapper is built with `static_graph=True`: parameters a stage's losses never reach (the
+classifier during FSP's stage 1) keep a None gradient, exactly as on one process, without the per-step
+graph search of `find_unused_parameters`. DDP decides what is used from what the wrapped forward returns,
+so the wrapped step returns the logits detached: only the losses lead back to parameters.
 """
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 import torch.distributed as tdist
+from torch import nn
 
 
 def is_distributed() -> bool:
@@ -45,13 +55,49 @@ def init_from_env() -> bool:
     return True
 
 
-def wrap(distiller, device):
-    """The callable a training step goes through: DDP over the distiller, or the distiller itself."""
+def shutdown() -> None:
+    """Leave the process group (at the end of a command)."""
+    if is_distributed():
+        tdist.destroy_process_group()
+
+
+class _TrainStep(nn.Module):
+    """`distiller(images, targets, ctx)` with the logits detached: what DDP wraps."""
+
+    def __init__(self, distiller: nn.Module):
+        super().__init__()
+        self.distiller = distiller
+
+    def forward(self, images, targets, ctx):
+        logits, losses = self.distiller(images, targets, ctx)
+        return logits.detach(), losses
+
+
+def wrap(distiller: nn.Module, device: torch.device) -> nn.Module:
+    """The callable a training step goes through, `(images, targets, ctx) -> (logits, losses)`: DDP over
+    the distiller, or the distiller itself on one process.
+
+    Call it once per stage, after `set_trainable`: it syncs the parameters from rank 0 and averages the
+    gradients of exactly the parameters that require grad at this moment.
+    """
     if not is_distributed() or not any(p.requires_grad for p in distiller.parameters()):
         return distiller
     from torch.nn.parallel import DistributedDataParallel as DDP
-    ids = [device.index] if device.type == "cuda" else None
-    return DDP(distiller, device_ids=ids)
+    ids = None
+    if device.type == "cuda":  # plain "cuda" is this rank's GPU: init_from_env selected it
+        ids = [torch.cuda.current_device() if device.index is None else device.index]
+    return DDP(_TrainStep(distiller), device_ids=ids, static_graph=True)
+
+
+def broadcast_buffers(module: nn.Module) -> None:
+    """Give every rank rank 0's buffers (batch-norm running statistics).
+
+    During training each rank updates its running statistics from its own shard of the batch; before an
+    evaluation this makes every rank evaluate the very model rank 0 checkpoints.
+    """
+    if is_distributed():
+        for b in module.buffers():
+            tdist.broadcast(b, src=0)
 
 
 def barrier() -> None:
@@ -73,3 +119,28 @@ def all_reduce_mean(values: dict) -> dict:
     stacked = torch.stack([torch.as_tensor(values[k]).float() for k in keys]) / world_size()
     tdist.all_reduce(stacked)
     return dict(zip(keys, stacked))
+
+
+# What gloo, NCCL and the TCP store say when another process of the job has gone away.
+_PEER_LOST = re.compile(r"connection (closed|reset|refused)|broken pipe|timed out|nccl error|"
+                        r"communicator was aborted|remote process exited|collective operation timeout",
+                        re.IGNORECASE)
+
+
+def is_peer_failure(err: BaseException) -> bool:
+    """True for the error a collective raises when another rank died or stopped answering."""
+    if isinstance(err, tdist.DistError):
+        return True
+    return isinstance(err, RuntimeError) and bool(_PEER_LOST.search(str(err)))
+
+
+def peer_failure_message(err: BaseException) -> str:
+    """One line for the rank that survived: who it is, which rank is the likely casualty, what to do."""
+    me, n = rank(), world_size()
+    if n == 2:
+        lost = f"rank {1 - me} stopped"
+    else:
+        lost = "another rank stopped (torchrun's summary names it)"
+    first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    return (f"rank {me} of {n}: {lost}, so this rank cannot continue ({first}); the last checkpoint is "
+            f"kept: fix the cause and run the same torchrun command again to resume")

@@ -24,11 +24,11 @@ import torch
 from torch import nn
 
 from ..data import DataConfig, build_data
-from ..errors import ConfigError, NumericalFault
+from ..errors import CheckpointError, ConfigError, NumericalFault
 from ..methods import StepContext, build_method
 from ..models import create_model
 from . import distributed as dist
-from .checkpoint import load_checkpoint, save_atomic
+from .checkpoint import load_checkpoint, load_verified, save_atomic
 from .metrics import MetricsLog, evaluate
 from .optim import build_optimizer, lr_at, set_lr
 
@@ -64,13 +64,47 @@ def show_progress(opts: EngineOptions) -> bool:
 
 
 def data_config(cfg: dict, world: int = 1) -> DataConfig:
-    """The spec's batch size is global: each of `world` ranks takes an equal share of every step."""
-    if cfg["batch_size"] % world:
+    """The spec's batch size is global: each of `world` ranks takes an equal share of every step.
+
+    Under `lr_scaling: linear` it is each rank's batch instead (the global batch grows with `world`,
+    and the learning rate with it: Goyal et al., 2017).
+    """
+    if cfg["lr_scaling"] == "linear":
+        world = 1
+    elif cfg["batch_size"] % world:
         raise ConfigError(f"batch_size {cfg['batch_size']} does not split over {world} processes; "
                           f"use a multiple of {world}")
     return DataConfig(name=cfg["dataset"], root=cfg["data_root"], augment=cfg["augment"],
                       preprocess=cfg["preprocess"], train_subset=cfg["train_subset"],
                       test_subset=cfg["test_subset"], batch_size=cfg["batch_size"] // world, seed=cfg["seed"])
+
+
+def init_student(student: nn.Module, init: dict, num_classes: int) -> None:
+    """Start the student from a verified weights file (the spec's `init`).
+
+    Every tensor must fit; only a classifier trained for another number of classes (ImageNet weights for
+    a 200-class task) is skipped, and the student keeps its fresh classifier.
+    """
+    state = load_verified(Path(init["path"]), init["sha256"])
+    head = getattr(student, "pretrained_cfg", {}).get("classifier", "fc") + "."
+    new_head = init["num_classes"] != num_classes
+    if new_head:
+        state = {k: v for k, v in state.items() if not k.startswith(head)}
+    own = student.state_dict()
+    missing = [k for k in own if k not in state and not (new_head and k.startswith(head))]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if missing:
+        what = f"{len(missing)} of the student's tensors are missing, e.g. {missing[0]}"
+    elif unexpected:
+        what = f"{len(unexpected)} tensors are not the student's, e.g. {unexpected[0]}"
+    elif reshaped:
+        k = reshaped[0]
+        what = f"{k} has shape {tuple(state[k].shape)}, the student's {tuple(own[k].shape)}"
+    if missing or unexpected or reshaped:
+        raise CheckpointError(f"init weights {init['path']} do not fit {init['model']}: {what}; "
+                              f"check init.model and init.num_classes")
+    student.load_state_dict(state, strict=not new_head)
 
 
 @dataclass
@@ -117,6 +151,8 @@ def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineO
     seed_everything(cfg["seed"])
     data = build_data(data_config(cfg, dist.world_size()), device, rank=dist.rank(), world_size=dist.world_size())
     student = create_model(cfg["model"], num_classes=data.num_classes)
+    if cfg.get("init"):
+        init_student(student, cfg["init"], data.num_classes)
     distiller = build_method(cfg["method"], student, teachers, data.num_classes, **cfg["method_args"])
     distiller.to(device)
     if cuda and opts.channels_last:
@@ -156,6 +192,7 @@ def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineO
                                       autocast, lr_mult, opts)
             row = dict(epoch=global_epoch + 1, stage=plan.stage.name, stage_epoch=epoch + 1,
                        stage_iteration=min((epoch + 1) * len(data.train), plan.total_steps), lr=lr, **losses)
+            dist.broadcast_buffers(distiller)  # every rank evaluates the model rank 0 checkpoints
             row.update(evaluate(distiller, data.test, autocast))
             row["wall_s"] = round(time.time() - t0, 3)
             log.append(row)

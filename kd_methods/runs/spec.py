@@ -51,7 +51,7 @@ class Phase:
 
 @dataclass
 class Pretrained:
-    """A teacher from a weights file, verified against its sha256 before use."""
+    """A weights file, verified against its sha256 before use: a teacher, or a student's `init`."""
     model: str
     path: str
     sha256: str
@@ -74,7 +74,8 @@ class ExperimentSpec:
     seed: int = 0
     train_subset: Union[int, None] = None   # first-N images (tiny runs); the smoke budget caps it further
     test_subset: Union[int, None] = None
-    lr_scaling: str = "none"          # none | linear: lr *= world_size (DDP); the rule is explicit
+    lr_scaling: str = "none"          # none: batch_size is global | linear: per rank, lr *= world_size (DDP)
+    init: Union[Pretrained, None] = None   # start the student from this weights file (else a fresh init)
     # Labels: where the run appears. Not part of the run's identity.
     paper: str = ""
     table: str = ""
@@ -171,6 +172,11 @@ def resolve(spec: ExperimentSpec, budget: Union[Budget, str] = "paper", data: st
         "budget": budget.name,
         "teachers": [],
     }
+    if spec.init is not None:  # only when set, so the ids of runs without one do not change
+        cfg["init"] = dataclasses.asdict(spec.init)
+    if spec.lr_scaling == "linear":  # the global batch, hence the run, depends on the number of processes
+        from ..engine.distributed import world_size
+        cfg["world_size"] = world_size()
     for t in spec.teachers:
         if isinstance(t, Pretrained):
             cfg["teachers"].append({"pretrained": dataclasses.asdict(t)})
@@ -185,9 +191,12 @@ IDENTITY_EXCLUDES = ("labels", "run_id", "data_root")
 
 
 def identity(cfg: dict) -> dict:
-    """The fields that decide what is trained; teachers enter through their own ids."""
+    """The fields that decide what is trained; teachers enter through their own ids, weights files
+    (pretrained teachers, the student's init) through their checksums."""
     ident = {k: v for k, v in cfg.items() if k not in IDENTITY_EXCLUDES and k != "teachers"}
     ident["teachers"] = [t.get("run_id") or {"pretrained": t["pretrained"]["sha256"]} for t in cfg["teachers"]]
+    if cfg.get("init"):
+        ident["init"] = {"pretrained": cfg["init"]["sha256"]}
     return ident
 
 
@@ -305,6 +314,9 @@ def validate(spec: ExperimentSpec, where: str = "config") -> None:
         raise ConfigError(f"{where}.batch_size must be >= 1, got {spec.batch_size}")
     if spec.lr_scaling not in ("none", "linear"):
         raise ConfigError(f"{where}.lr_scaling must be none or linear, got '{spec.lr_scaling}'")
+    if spec.init is not None and spec.init.model != spec.model:
+        raise ConfigError(f"{where}.init.model is '{spec.init.model}' but the student is '{spec.model}'; "
+                          f"init weights must be the student's architecture")
     if spec.preprocess not in ("standard", "zca"):
         raise ConfigError(f"{where}.preprocess must be standard or zca, got '{spec.preprocess}'")
     for name, phase in [("train", spec.train)] + [(f"stages.{k}", v) for k, v in spec.stages.items()]:

@@ -1,0 +1,286 @@
+"""Scaling out: torchrun (2 gloo processes) agrees with one process, only rank 0 writes, checkpoints load in
+one process, a dead rank stops the job with one line and the rerun resumes, unused parameters are left
+alone, the student can start from a verified weights file, and ResNet-34 trains on ImageNet folders."""
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from kd_methods import cli, ddp_check
+from kd_methods.engine import distributed as dist
+from kd_methods.engine.trainer import data_config, init_student
+from kd_methods.errors import CheckpointError, ConfigError
+from kd_methods.models import create_model
+from kd_methods.runs.spec import ExperimentSpec, Pretrained, from_dict, resolve
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", CI="true")
+
+
+def torchrun(*args: str, nproc: int = 2) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+
+
+def kd_run(config: Path, runs: Path, results: Path, **extra: str) -> list[str]:
+    args = ["-m", "kd_methods.cli", "run", str(config), "--device", "cpu", "--no-progress",
+            "--runs-dir", str(runs), "--results-dir", str(results)]
+    return args + [a for k, v in extra.items() for a in (f"--{k.replace('_', '-')}", v)]
+
+
+def history(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k != "wall_s"} for row in csv.DictReader(f)]
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> str:
+    torch.save(model.state_dict(), path)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# -- one process: the pieces -----------------------------------------------------------------------
+def test_wrap_is_the_distiller_itself_on_one_process():
+    from kd_methods.methods import build_method
+    d = build_method("scratch", create_model("cifar_resnet8", num_classes=10), num_classes=10)
+    assert dist.wrap(d, torch.device("cpu")) is d
+
+
+def test_batch_size_is_global_unless_lr_scaling_is_linear():
+    cfg = dict(dataset="synthetic10", data_root="data", augment=None, preprocess="standard", train_subset=None,
+               test_subset=None, batch_size=128, seed=0, lr_scaling="none")
+    assert data_config(cfg, world=4).batch_size == 32
+    assert data_config(dict(cfg, lr_scaling="linear"), world=4).batch_size == 128
+    with pytest.raises(ConfigError, match="does not split over 3 processes"):
+        data_config(cfg, world=3)
+
+
+def test_linear_lr_scaling_puts_the_world_size_in_the_run_identity(monkeypatch):
+    spec = ExperimentSpec(model="cifar_resnet8", dataset="synthetic10", lr_scaling="linear")
+    one = resolve(spec)
+    monkeypatch.setattr(dist, "world_size", lambda: 4)
+    four = resolve(spec)
+    assert (one["world_size"], four["world_size"]) == (1, 4) and one["run_id"] != four["run_id"]
+    plain = ExperimentSpec(model="cifar_resnet8", dataset="synthetic10")
+    assert "world_size" not in resolve(plain)  # the global batch does not depend on the number of processes
+
+
+def test_init_enters_the_identity_by_its_checksum_only():
+    plain = ExperimentSpec(model="cifar_resnet8", dataset="synthetic10")
+    a = dataclasses.replace(plain, init=Pretrained("cifar_resnet8", "/here/w.pt", "ab" * 32, 10))
+    moved = dataclasses.replace(plain, init=Pretrained("cifar_resnet8", "/elsewhere/w.pt", "ab" * 32, 10))
+    other = dataclasses.replace(plain, init=Pretrained("cifar_resnet8", "/here/w.pt", "cd" * 32, 10))
+    ids = [resolve(s)["run_id"] for s in (plain, a, moved, other)]
+    assert ids[1] == ids[2] and len({ids[0], ids[1], ids[3]}) == 3
+    assert "init" not in resolve(plain)  # runs without an init keep their ids
+
+
+def test_init_must_be_the_students_architecture():
+    with pytest.raises(ConfigError, match="init.model is 'cifar_resnet14' but the student is 'cifar_resnet8'"):
+        resolve(from_dict(ExperimentSpec, dict(model="cifar_resnet8", dataset="synthetic10", init=dict(
+            model="cifar_resnet14", path="w.pt", sha256="ab" * 32, num_classes=10))))
+
+
+def test_init_student_copies_every_tensor_and_keeps_a_fresh_head_for_other_classes(tmp_path):
+    torch.manual_seed(0)
+    source = create_model("cifar_resnet8", num_classes=100)
+    sha = save_weights(source, tmp_path / "w.pt")
+    init = dict(model="cifar_resnet8", path=str(tmp_path / "w.pt"), sha256=sha[:16], num_classes=100)
+
+    same = create_model("cifar_resnet8", num_classes=100)
+    init_student(same, init, num_classes=100)
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in same.state_dict().items())
+
+    torch.manual_seed(1)
+    fewer = create_model("cifar_resnet8", num_classes=10)
+    fresh_head = fewer.fc.weight.detach().clone()
+    init_student(fewer, init, num_classes=10)
+    assert torch.equal(fewer.conv1.weight, source.conv1.weight)
+    assert torch.equal(fewer.fc.weight, fresh_head)
+
+
+def test_init_student_refuses_weights_that_do_not_fit_or_do_not_match_their_checksum(tmp_path):
+    sha = save_weights(create_model("cifar_resnet14", num_classes=10), tmp_path / "w.pt")
+    init = dict(model="cifar_resnet8", path=str(tmp_path / "w.pt"), sha256=sha, num_classes=10)
+    with pytest.raises(CheckpointError, match="do not fit cifar_resnet8: .* tensors are not the student's"):
+        init_student(create_model("cifar_resnet8", num_classes=10), init, num_classes=10)
+    with pytest.raises(CheckpointError, match="expected 0000000000"):
+        init_student(create_model("cifar_resnet8", num_classes=10), dict(init, sha256="0" * 64), 10)
+
+
+def test_a_lost_peer_is_recognised_and_the_other_rank_named(monkeypatch):
+    gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [::1]:29500")
+    assert dist.is_peer_failure(gloo) and dist.is_peer_failure(torch.distributed.DistBackendError("NCCL error"))
+    assert not dist.is_peer_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    monkeypatch.setattr(dist, "rank", lambda: 0)
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    message = dist.peer_failure_message(gloo)
+    assert message.startswith("rank 0 of 2: rank 1 stopped") and "run the same torchrun command again" in message
+    monkeypatch.setattr(dist, "world_size", lambda: 8)
+    assert "another rank stopped (torchrun's summary names it)" in dist.peer_failure_message(gloo)
+
+
+def _pretend_rank_zero_of_two(monkeypatch, command):
+    monkeypatch.setattr(dist, "is_distributed", lambda: True)
+    monkeypatch.setattr(dist, "rank", lambda: 0)
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    monkeypatch.setitem(cli.COMMANDS, "run", command)
+
+
+def test_cli_reports_a_lost_peer_in_one_line_and_exits_4(monkeypatch, capsys):
+    def lose_peer(args):
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:4242")
+    _pretend_rank_zero_of_two(monkeypatch, lose_peer)
+    assert cli.main(["run", "c.yaml"]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("kd-bench: rank 0 of 2: rank 1 stopped")
+
+
+def test_cli_reports_sigterm_in_one_line_and_exits_143(monkeypatch, capsys):
+    def terminated(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises long before
+        return 0
+    _pretend_rank_zero_of_two(monkeypatch, terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli.main(["run", "c.yaml"]) == 143
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "rank 0 of 2: stopped by SIGTERM (torchrun stops every rank" in err[0]
+    assert signal.getsignal(signal.SIGTERM) is before  # restored
+
+
+# -- two processes ---------------------------------------------------------------------------------
+UNUSED = """
+import torch, torch.distributed as tdist
+from kd_methods.engine import distributed as dist
+from kd_methods.methods import StepContext, build_method
+from kd_methods.models import create_model
+
+dist.init_from_env()
+torch.manual_seed(0)
+teacher = create_model("cifar_resnet14", num_classes=10)
+d = build_method("fsp", create_model("cifar_resnet8", num_classes=10), [teacher], num_classes=10)
+fc = d.student.fc.weight.detach().clone()
+g = torch.Generator().manual_seed(dist.rank())
+for stage in d.stages():
+    d.set_trainable(stage)
+    step = dist.wrap(d, torch.device("cpu"))
+    opt = torch.optim.SGD(d.parameters_for(stage), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    for i in range(3):
+        _, losses = step(torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 10, (4,), generator=g),
+                         StepContext(stage, step=i, total_steps=3))
+        opt.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        opt.step()
+    if stage.name == "fsp":
+        assert d.student.fc.weight.grad is None and torch.equal(d.student.fc.weight, fc), "fc was touched"
+    else:
+        assert not torch.equal(d.student.fc.weight, fc)
+flat = torch.cat([p.detach().flatten() for p in d.parameters()])
+gathered = [torch.zeros_like(flat) for _ in range(2)]
+tdist.all_gather(gathered, flat)
+assert torch.equal(gathered[0], gathered[1]), "ranks disagree"
+print("rank", dist.rank(), "ok")
+dist.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_a_stage_that_leaves_parameters_unused_trains_under_ddp(tmp_path):
+    """FSP's stage 1 never reaches the classifier: DDP must neither fail nor touch it (no weight decay)."""
+    (tmp_path / "unused.py").write_text(UNUSED)
+    proc = subprocess.run(torchrun(str(tmp_path / "unused.py")), env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(line for line in proc.stdout.splitlines() if line.startswith("rank")) == ["rank 0 ok",
+                                                                                            "rank 1 ok"]
+
+
+def _rank_pid(launcher: subprocess.Popen, rank: int) -> int:
+    """The pid of torchrun's worker with RANK=rank (Linux /proc)."""
+    children = [c for task in Path(f"/proc/{launcher.pid}/task").iterdir()
+                for c in (task / "children").read_text().split()]
+    for child in children:
+        if f"RANK={rank}".encode() in Path(f"/proc/{child}/environ").read_bytes().split(b"\0"):
+            return int(child)
+    raise AssertionError(f"no worker with RANK={rank} among {children}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the workers through /proc")
+def test_two_processes_match_one_and_a_run_whose_rank_died_resumes(tmp_path):
+    """ddp_check's exact case (FitNets: hint stage then KD, teacher trained in the same job) on 1 and 2
+    processes; then the same job again, rank 1 SIGKILLed after the hint stage, rerun: same history."""
+    assert ddp_check.compare(ddp_check.EXACT, tmp_path)
+    (row,) = list(csv.DictReader(open(tmp_path / "res2" / "ddp" / "runs.csv")))
+    full = history(tmp_path / "runs2" / row["run_id"])
+
+    command = torchrun(*kd_run(tmp_path / "c.yaml", tmp_path / "runs3", tmp_path / "res3"))
+    launcher = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs3" / row["run_id"] / "metrics.csv"
+    deadline = time.time() + 300
+    while not metrics.exists() and launcher.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(_rank_pid(launcher, 1), signal.SIGKILL)
+    _, err = launcher.communicate(timeout=120)
+    assert launcher.returncode != 0
+    assert not (tmp_path / "runs3" / row["run_id"] / "result.json").exists(), "killed too late"
+    ours = [line for line in err.splitlines() if line.startswith("kd-bench:")]
+    assert len(ours) == 1 and ours[0].startswith("kd-bench: rank 0 of 2: "), err[-2000:]
+    assert "SIGTERM" in ours[0] or "rank 1 stopped" in ours[0]
+
+    subprocess.run(command, env=ENV, capture_output=True, check=True, timeout=300)
+    assert history(tmp_path / "runs3" / row["run_id"]) == full
+    rows = list(csv.DictReader(open(tmp_path / "res3" / "ddp" / "runs.csv")))
+    assert [r["run_id"] for r in rows] == [row["run_id"]]
+
+
+def write_imagenet(root: Path, per_class: int = 4) -> None:
+    """A tiny ILSVRC layout: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG, two classes, odd image sizes."""
+    from PIL import Image
+    g = torch.Generator().manual_seed(0)
+    for c, wnid in enumerate(["n01440764", "n01443537"]):
+        for split, n in (("train", per_class), ("val", 2)):
+            folder = root / "imagenet" / split / wnid
+            folder.mkdir(parents=True)
+            for i in range(n):
+                h, w = 40 + 8 * i, 56 - 4 * i
+                pixels = (torch.rand(h, w, 3, generator=g) * 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(folder / f"{wnid}_{split}_{i}.JPEG", "JPEG")
+
+
+@pytest.mark.slow
+def test_resnet34_trains_on_imagenet_folders_from_a_local_weights_file_on_two_processes(tmp_path):
+    """timm's resnet34 starts from a torchvision-layout 1000-class file (its head left out: the folders
+    hold 2 classes), trains 2 steps of a global batch of 2 on 2 ranks, evaluates, records one row."""
+    import torchvision
+    write_imagenet(tmp_path)
+    torch.manual_seed(0)
+    sha = save_weights(torchvision.models.resnet34(), tmp_path / "resnet34.pth")
+    (tmp_path / "c.yaml").write_text(json.dumps(dict(
+        paper="inet", table="t", model="resnet34", dataset="imagenet", batch_size=2,
+        init=dict(model="resnet34", path=str(tmp_path / "resnet34.pth"), sha256=sha[:8], num_classes=1000),
+        train=dict(length=2, unit="iter", optim=dict(lr=1e-4, schedule="constant", weight_decay=0.0)))))
+    proc = subprocess.run(torchrun(*kd_run(tmp_path / "c.yaml", tmp_path / "runs", tmp_path / "res",
+                                           data="real", data_root=str(tmp_path))),
+                          env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    (row,) = list(csv.DictReader(open(tmp_path / "res" / "inet" / "runs.csv")))
+    run_dir = tmp_path / "runs" / row["run_id"]
+    result = json.loads((run_dir / "result.json").read_text())
+    (metrics,) = history(run_dir)
+    assert (result["num_classes"], metrics["stage_iteration"], row["model"]) == (2, "2", "resnet34")
+
+    trained = create_model("resnet34", num_classes=2)
+    trained.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True)["models"]["student"])
+    source = torch.load(tmp_path / "resnet34.pth", weights_only=True)
+    drift = (trained.layer4[1].conv2.weight - source["layer4.1.conv2.weight"]).abs().max()
+    fresh = (create_model("resnet34", num_classes=2).layer4[1].conv2.weight - source["layer4.1.conv2.weight"])
+    assert drift < 1e-3 < fresh.abs().max()  # 2 steps at lr 1e-4 from the file, not from a fresh init
