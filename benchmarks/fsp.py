@@ -285,7 +285,8 @@ def draw_accuracy_vs_iteration(paper, rows, budget, runs_dir, path):
                     va="center", transform=ax.transAxes, color="0.4")
         ax.set_title(table.title.replace(", ", ",\n", 1), fontsize=8)
     fig.suptitle(figure_title("FSP: test accuracy against iterations (net1 of each row; FSP and FitNet "
-                              "students start with stage 1)", budget, used), fontsize=9)
+                              "students start with stage 1)", budget, used), fontsize=9, y=1.0)
+    fig.subplots_adjust(top=0.8, wspace=0.25)
     save(fig, path)
 
 

@@ -90,7 +90,8 @@ def test_protocol(paper):
     assert set(s.stages) == {"hint", "kd"}
     for phase in s.stages.values():
         assert (phase.length, phase.unit) == (288, "epoch")
-        assert (phase.optim.name, phase.optim.lr, phase.optim.schedule) == ("rmsprop", 0.005, "constant")
+        assert (phase.optim.name, phase.optim.schedule, phase.optim.alpha) == ("rmsprop", "constant", 0.9)
+        assert phase.optim.lr == pytest.approx(0.005 * 0.05)   # the released configs' conv-layer lr
         assert phase.optim.weight_decay == 0.0
     assert s.method_args == {}   # the method's paper defaults: middle <- middle, lambda 4 -> 1, T = 3
     svhn = cell(paper, "table3", "FitNet 4 (19 layers, ~1.5M params, HT + KD)").specs[0]
