@@ -1,8 +1,11 @@
 """`kd-bench`: run one experiment, reproduce a paper's tables, render reports, benchmark speed.
 
-Errors a user can cause (bad config, missing data, corrupt checkpoint) print one line on stderr and exit
-with status 2; nothing is written before the config has been validated. Under torchrun every rank runs
-this; rank 0 alone logs and writes, and a rank whose peer died prints one line and exits with status 4.
+Exit codes (README "Exit codes"): 0 done; 2 bad input (bad config or arguments, missing data, a corrupt
+checkpoint, a pretrained file failing its sha256): one line on stderr, and nothing is written; 3 training
+diverged (NaN or inf): one line, the last good checkpoint kept, the failure recorded in the manifest and
+runs.csv; 4 a torchrun peer died; 130 interrupted (Ctrl-C) and 143 stopped by SIGTERM: the same command
+resumes; 1 anything else, which is a bug (with its traceback). Under torchrun every rank runs this; rank 0
+alone logs and writes.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 from .errors import NumericalFault, UserError
@@ -39,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="train one experiment spec (YAML)")
-    p.add_argument("config", help="path of a YAML experiment spec, e.g. configs/smoke_resnet20.yaml")
+    p.add_argument("config", help="path of a YAML experiment spec, e.g. configs/scratch_resnet20_synthetic.yaml")
     p.add_argument("--seed", type=int, default=None, help="override the spec's seed")
     _common(p)
 
@@ -145,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_stopped) if in_main_thread else None
     try:
-        dist.init_from_env()
-        status = COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            dist.init_from_env()
+            status = COMMANDS[args.command](args)
         dist.shutdown()
         return status
     except UserError as e:
@@ -174,10 +180,21 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _one_line_warnings(default):
+    """Our own warnings (a damaged checkpoint skipped for the previous one, ...) as one stderr line each."""
+    package = Path(__file__).resolve().parent
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if Path(filename).resolve().is_relative_to(package):
+            print(f"kd-bench: warning: {message}", file=file or sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+    return show
+
+
 def _where(dist) -> str:
     """'rank r of n: ' under torchrun (every rank reports its own errors), else nothing."""
     return f"rank {dist.rank()} of {dist.world_size()}: " if dist.is_distributed() else ""
-
 
 
 if __name__ == "__main__":

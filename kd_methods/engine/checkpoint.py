@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -40,35 +41,50 @@ def write_atomic(path: Path, write) -> None:
     _fsync_dir(path.parent)
 
 
+def remove_temporaries(folder: Path) -> None:
+    """Delete the temporary files a killed writer left in `folder` (call it holding the folder's lock)."""
+    for tmp in Path(folder).glob(".*.tmp[0-9]*"):
+        tmp.unlink(missing_ok=True)
+
+
 def save_atomic(state: dict, path: Path, keep_previous: bool = True) -> None:
+    """Write `state` to `path`; the file it replaces becomes `<name>.prev` unless it is truncated (not a
+    complete zip, as every torch.save file is), so a damaged newest file never displaces a good `.prev`."""
     path = Path(path)
-    if keep_previous and path.exists():
+    if keep_previous and path.exists() and zipfile.is_zipfile(path):
         os.replace(path, path.with_name(path.name + ".prev"))
     write_atomic(path, lambda f: torch.save(state, f))
 
 
-def _load(path: Path) -> dict:
+def _load(path: Path, fix: str = "delete it to restart the run") -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, unsafe object ...
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}); "
-                              f"delete it to restart the run") from None
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}); {fix}") from None
 
 
 def load_checkpoint(path: Path) -> dict | None:
-    """The newest readable checkpoint at `path` (or its `.prev`), None if there is none."""
+    """The newest readable checkpoint at `path` (or its `.prev`), None if there is none.
+
+    A kill between the two renames of `save_atomic` leaves only `.prev`; a damaged newest file is
+    skipped with a warning. Both damaged is a CheckpointError naming both.
+    """
     path = Path(path)
     prev = path.with_name(path.name + ".prev")
-    for candidate in (path, prev):
-        if not candidate.exists():
-            continue
+    if path.exists():
         try:
-            return _load(candidate)
+            return _load(path)
         except CheckpointError as e:
-            if candidate == prev or not prev.exists():
+            if not prev.exists():
                 raise
-            warnings.warn(f"{e}; falling back to {prev.name}")
-    return None
+            try:
+                state = _load(prev)
+            except CheckpointError:
+                raise CheckpointError(f"checkpoints {path} and {prev.name} are both unreadable; delete both "
+                                      f"to restart the run from the beginning") from None
+            warnings.warn(f"{e.args[0].split(';')[0]}; falling back to the previous one, {prev.name}")
+            return state
+    return _load(prev) if prev.exists() else None
 
 
 def sha256_of(path: Path) -> str:
@@ -94,5 +110,5 @@ def load_verified(path: Path, sha256: str) -> dict:
     if not actual.startswith(sha256.lower()):
         raise CheckpointError(f"pretrained weights {path} have sha256 {actual[:12]}..., expected {sha256[:12]}...; "
                               f"re-download the file")
-    state = _load(path)
+    state = _load(path, fix="re-download the file")
     return state.get("state_dict", state) if isinstance(state, dict) else state

@@ -192,7 +192,11 @@ def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineO
                                       autocast, lr_mult, opts)
             row = dict(epoch=global_epoch + 1, stage=plan.stage.name, stage_epoch=epoch + 1,
                        stage_iteration=min((epoch + 1) * len(data.train), plan.total_steps), lr=lr, **losses)
-            dist.broadcast_buffers(distiller)  # every rank evaluates the model rank 0 checkpoints
+            dist.broadcast_buffers(distiller)  # every rank checks and evaluates the model rank 0 checkpoints
+            broken = _first_nonfinite(distiller)
+            if broken:  # a finite loss can still leave inf weights after the epoch's last step
+                raise _diverged(f"{broken} became non-finite in stage '{plan.stage.name}' epoch {epoch + 1}",
+                                global_epoch)
             row.update(evaluate(distiller, data.test, autocast))
             row["wall_s"] = round(time.time() - t0, 3)
             log.append(row)
@@ -206,6 +210,8 @@ def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineO
                 log.write()
             dist.barrier()
         start_epoch = 0
+    if dist.is_main():  # also after a kill between the last checkpoint and its metrics.csv, and for eval-only
+        log.write()
 
     final_models = {name: m.state_dict() for name, m in distiller.eval_models().items()}
     return dict(history=log.history, models=final_models, train_wall_s=time.time() - t_start,
@@ -247,6 +253,21 @@ def _train_epoch(step_fn, distiller, optimizer, data, plan: StagePlan, epoch: in
     values = {k: float(v) for k, v in means.items()}  # the epoch's one host sync for losses
     bad = [k for k, v in values.items() if not math.isfinite(v)]
     if bad:
-        raise NumericalFault(f"{bad[0]} became {values[bad[0]]} in stage '{plan.stage.name}' epoch {epoch + 1}; "
-                             f"the last good checkpoint is kept — lower the learning rate or check the inputs")
+        raise _diverged(f"{bad[0]} became {values[bad[0]]} in stage '{plan.stage.name}' epoch {epoch + 1}",
+                        global_epoch)
     return {k: round(v, 6) for k, v in sorted(values.items())}, lr
+
+
+def _first_nonfinite(distiller) -> str | None:
+    """The name of the first weight or buffer holding a NaN or inf (one host sync when all are finite)."""
+    floats = [(k, v) for k, v in distiller.state_dict().items() if v.is_floating_point()]
+    if not floats or bool(torch.stack([torch.isfinite(v).all() for _, v in floats]).all()):
+        return None
+    return next(k for k, v in floats if not bool(torch.isfinite(v).all()))
+
+
+def _diverged(what: str, epochs_done: int) -> NumericalFault:
+    """The run stops; its checkpoint (written after the last good epoch, if any) stays as it was."""
+    kept = (f"the checkpoint of epoch {epochs_done} is kept" if epochs_done
+            else "no epoch had finished, so there is no checkpoint")
+    return NumericalFault(f"{what}; {kept}; lower the learning rate or check the inputs")

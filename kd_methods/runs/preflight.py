@@ -1,21 +1,29 @@
 """Catch what cannot run before anything runs.
 
 Spec validation checks names, types and values; some errors only show when a method meets its models
-(a feature map a method cannot connect, FSP between stages of different widths, a hint layer that does
-not exist). `preflight` builds every distinct (method, student, teachers) combination of a run graph
-once, on the CPU, with fresh weights, so such a pair fails in seconds with its one-line message instead
-of after its teachers have trained for days.
+and data (a feature map a method cannot connect, FSP between stages of different widths, a teacher with
+another label set, a model for 3-channel images on MNIST), when a dataset is not on disk, or when a
+pretrained file is not the one the project recorded. `preflight` checks all of that for every run of a
+graph before the first one trains, and writes nothing: each pretrained teacher and student init file is
+verified against its sha256 and loaded; each distinct (method, student, teachers, input) combination is
+built once on the CPU with fresh weights and runs one forward pass of every stage on two random images
+(identical teachers count once: five copies of a network connect as one does); each distinct dataset is
+located and counted. So a bad pair fails in seconds with its one-line message instead of after its
+teachers have trained for days.
 """
 from __future__ import annotations
 
+import copy
 import json
 from typing import Iterable
 
 import torch
 
-from ..data import get_spec
+from ..data import DataConfig, get_spec
+from ..engine import distributed as dist
+from ..engine.trainer import data_config, init_student
 from ..errors import ConfigError
-from ..methods import build_method
+from ..methods import METHODS, StepContext, build_method
 from ..models import create_model
 
 
@@ -29,30 +37,96 @@ def _num_classes(cfg: dict) -> int:
     return get_spec(cfg["dataset"]).num_classes or 1000
 
 
-def _teacher_key(t: dict) -> tuple[str, int]:
+def _teacher_key(t: dict) -> tuple:
     if "pretrained" in t:
-        return t["pretrained"]["model"], t["pretrained"]["num_classes"]
+        p = t["pretrained"]
+        return p["model"], p["num_classes"], p["path"], p["sha256"]
     return t["model"], _num_classes(t)
 
 
+def _train_size(cfg: dict, found: dict) -> int | None:
+    """Images in the run's train split (None: a generated set at its default size, always enough)."""
+    spec = get_spec(cfg["dataset"])
+    if spec.fetch is None and not spec.no_download:  # generated in memory from a seed: never missing
+        return cfg["train_subset"]
+    key = (cfg["dataset"], cfg["data_root"])
+    if key not in found:  # DataMissing (where we looked, how to get it) when it is not on disk
+        if spec.kind == "tensor":
+            _, train, _, test = spec.read(DataConfig(name=cfg["dataset"], root=cfg["data_root"]))
+        else:
+            train, test, _ = spec.scan(cfg["data_root"])
+        found[key] = len(train), len(test)
+    for subset, available, split in zip((cfg["train_subset"], cfg["test_subset"]), found[key], ("train", "test")):
+        if subset is not None and subset > available:
+            raise ConfigError(f"{split}_subset={subset} but {spec.title} has only {available} {split} images "
+                              f"under {cfg['data_root']}; lower it or leave it unset")
+    return cfg["train_subset"] or found[key][0]
+
+
+def check_data(cfg: dict, found: dict) -> None:
+    """The run's dataset is on disk and holds at least one batch (all ranks' shares together)."""
+    world = dist.world_size()
+    batch = data_config(cfg, world).batch_size * world  # ConfigError when the batch does not split
+    n_train = _train_size(cfg, found)
+    if n_train is not None and n_train < batch:
+        raise ConfigError(f"{cfg['dataset']}: the train split has {n_train} images, fewer than one batch of "
+                          f"{batch}; lower batch_size or raise train_subset")
+
+
+def _probe(distiller, input_size: tuple[int, ...], num_classes: int) -> None:
+    """Every stage's training forward (or the eval models' forward) on two random images."""
+    images = torch.randn(2, *input_size)
+    targets = torch.arange(2) % num_classes
+    with torch.no_grad():
+        stages = distiller.stages()
+        distiller.train()
+        for stage in stages:
+            distiller(images, targets, StepContext(stage))
+        if not stages:
+            for model in distiller.eval_models().values():
+                model.eval()(images)
+
+
 def preflight(cfgs: Iterable[dict]) -> int:
-    """Build each distinct combination once; returns how many were checked. Raises ConfigError."""
+    """Check data, pretrained files and every distinct combination; returns how many combinations were
+    built. Raises ConfigError, DataMissing or CheckpointError; writes nothing."""
+    from .runner import load_teacher
+
+    graph = list(walk(cfgs))
+    pretrained = {}
+    for cfg in graph:
+        for t in cfg["teachers"]:
+            if "pretrained" in t and _teacher_key(t) not in pretrained:
+                pretrained[_teacher_key(t)] = load_teacher(t, None)  # sha256 first, then the weights' fit
     seen = set()
-    for cfg in walk(cfgs):
+    for cfg in graph:
         teacher_keys = tuple(_teacher_key(t) for t in cfg["teachers"])
-        key = (cfg["method"], cfg["model"], _num_classes(cfg), teacher_keys,
+        distinct = tuple(dict.fromkeys(teacher_keys))  # five copies of one teacher connect as one does
+        if len(distinct) >= METHODS.get(cfg["method"]).min_teachers:
+            teacher_keys = distinct
+        input_size = get_spec(cfg["dataset"]).input_size
+        n = _num_classes(cfg)
+        init = cfg.get("init")
+        key = (cfg["method"], cfg["model"], n, input_size, teacher_keys, init and init["sha256"],
                json.dumps(cfg["method_args"], sort_keys=True))
         if key in seen:
             continue
         seen.add(key)
         with torch.random.fork_rng(devices=[]):
-            cache = {}
-            teachers = [cache.setdefault(k, create_model(k[0], num_classes=k[1])) for k in teacher_keys]
-            student = create_model(cfg["model"], num_classes=_num_classes(cfg))
+            fresh = {k: create_model(k[0], num_classes=k[1]) for k in teacher_keys if k not in pretrained}
+            teachers = [copy.deepcopy(pretrained[k]) if k in pretrained else fresh[k] for k in teacher_keys]
+            student = create_model(cfg["model"], num_classes=n)
+            if init:
+                init_student(student, init, n)  # sha256 first, then the weights' fit
             try:
-                build_method(cfg["method"], student, teachers, _num_classes(cfg), **cfg["method_args"])
+                _probe(build_method(cfg["method"], student, teachers, n, **cfg["method_args"]), input_size, n)
             except (ValueError, KeyError, RuntimeError) as e:
-                names = ", ".join(k[0] for k in teacher_keys) or "no teacher"
-                raise ConfigError(f"method '{cfg['method']}' cannot connect student {cfg['model']} with "
-                                  f"{names}: {e}") from None
+                names = ", ".join(f"{k[0]} ({k[1]} classes)" for k in teacher_keys) or "no teacher"
+                shape = "x".join(map(str, input_size))
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise ConfigError(f"method '{cfg['method']}' cannot connect student {cfg['model']} ({n} classes) "
+                                  f"with {names} on {cfg['dataset']} ({shape} images): {reason}") from None
+    found: dict = {}
+    for cfg in graph:  # last: a config error is worth reporting before the data it would need
+        check_data(cfg, found)
     return len(seen)

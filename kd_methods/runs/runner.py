@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from ..engine import distributed as dist
-from ..engine.checkpoint import load_checkpoint, load_verified, save_atomic
+from ..engine.checkpoint import load_checkpoint, load_verified, remove_temporaries, save_atomic
 from ..engine.trainer import EngineOptions, pick_device, train_run
-from ..errors import NumericalFault
+from ..errors import CheckpointError, NumericalFault, UserError
 from ..models import create_model
 from .store import RunStore, append_results_row, write_json
 
@@ -40,11 +40,20 @@ def load_run_model(cfg: dict, store: RunStore, which: str | None = None) -> torc
     return model.eval()
 
 
-def load_teacher(t: dict, store: RunStore) -> torch.nn.Module:
+def load_teacher(t: dict, store: RunStore | None) -> torch.nn.Module:
+    """A teacher in eval mode: a finished run's model, or a pretrained file checked against its sha256."""
     if "pretrained" in t:
         p = t["pretrained"]
         model = create_model(p["model"], num_classes=p["num_classes"])
-        model.load_state_dict(load_verified(Path(p["path"]), p["sha256"]))
+        try:
+            model.load_state_dict(load_verified(Path(p["path"]), p["sha256"]))
+        except RuntimeError as e:  # missing, unexpected or reshaped keys, one kind per line
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            detail = lines[min(1, len(lines) - 1)]
+            detail = detail if len(detail) <= 160 else detail[:157] + "..."
+            raise CheckpointError(f"pretrained weights {p['path']} do not fit {p['model']} with "
+                                  f"{p['num_classes']} classes ({detail}); check the teacher's model and "
+                                  f"num_classes") from None
         return model.eval()
     return load_run_model(t, store)
 
@@ -56,6 +65,8 @@ def _summary(cfg: dict, history: list[dict], wall_s: float, model_names: list[st
     last = history[-1]
     extra = {k: v for k, v in last.items() if k.endswith(("_top1_err", "_top5_err", "entropy"))
              and k not in ("top1_err", "top5_err")}
+    for r in history:  # each stage's last-epoch losses, e.g. "paraphraser_loss_rec" (FEED's Figure 4-5 probes)
+        extra.update({f"{r['stage']}_{k}": v for k, v in r.items() if k.startswith("loss")})
     return dict(run_id=cfg["run_id"], top1_err=last["top1_err"], top5_err=last["top5_err"],
                 best_top1_err=min(r["top1_err"] for r in final_rows), epochs=last["epoch"],
                 wall_s=round(wall_s, 2), model_names=model_names, num_classes=num_classes,
@@ -88,7 +99,8 @@ def execute(cfg: dict, ctx: RunContext | None = None) -> dict:
         for t in cfg["teachers"]:
             if "pretrained" not in t:
                 execute(t, ctx)
-        lock = store.lock(run_id) if not dist.is_distributed() else _no_lock()
+        busy = f"[wait] {run_id} is being trained by another process; waiting for it to finish"
+        lock = store.lock(run_id, on_wait=lambda: ctx.log(busy)) if not dist.is_distributed() else _no_lock()
         with lock:
             if not store.is_finished(run_id):
                 _train(cfg, ctx)
@@ -111,11 +123,17 @@ def _train(cfg: dict, ctx: RunContext) -> None:
     device = pick_device(ctx.opts.device)
     labels = cfg.get("labels", {})
     what = f"{labels.get('table') or ''} {labels.get('label') or ''}".strip() or cfg["method"]
-    resuming = (store.dir(run_id) / "last.pt").exists()
+    run_dir = store.dir(run_id)
+    resuming = (run_dir / "last.pt").exists() or (run_dir / "last.pt.prev").exists()
     ctx.log(f"[{'resume' if resuming else 'train'}] {run_id} {cfg['method']} {cfg['model']} "
             f"seed {cfg['seed']} on {cfg['dataset']} ({what})")
     teachers = [load_teacher(t, store) for t in cfg["teachers"]]
-    run_dir = store.start(cfg, device) if dist.is_main() else store.dir(run_id)
+    manifest = run_dir / "manifest.json"
+    manifest_before = manifest.read_bytes() if manifest.is_file() else None
+    if dist.is_main():
+        if run_dir.is_dir():
+            remove_temporaries(run_dir)  # half-written files of a killed process (we hold the run's lock)
+        store.start(cfg, device)
     t0 = time.time()
     try:
         out = train_run(cfg, run_dir, teachers, ctx.opts)
@@ -125,12 +143,18 @@ def _train(cfg: dict, ctx: RunContext) -> None:
                                   ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             record(cfg, dict(device=str(device)), ctx, status="failed")
         raise
+    except UserError:  # bad input found by the engine (data, checkpoint): leave the folder as it was
+        if dist.is_main():
+            store.undo_start(run_id, manifest_before)
+        raise
     if dist.is_main():
         save_atomic(dict(models=out["models"]), run_dir / "model.pt", keep_previous=False)
         result = _summary(cfg, out["history"], time.time() - t0, out["model_names"], out["num_classes"],
                           str(device))
-        write_json(run_dir / "result.json", result)
+        # The manifest before result.json (the mark of a finished run): a finished run's manifest never
+        # says "running", and a kill in between resumes from the final checkpoint with nothing to train.
         store.update_manifest(run_id, status="finished", ended_at=result["finished_at"], wall_s=result["wall_s"])
+        write_json(run_dir / "result.json", result)
         prev = run_dir / "last.pt.prev"
         if prev.exists():
             prev.unlink()

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -306,19 +307,26 @@ def validate(spec: ExperimentSpec, where: str = "config") -> None:
         if getattr(spec, key) is not None and getattr(spec, key) < 1:
             raise ConfigError(f"{where}.{key} must be >= 1 (or omitted), got {getattr(spec, key)}")
     from ..data import get_spec
-    get_spec(spec.dataset)  # unknown dataset: ConfigError with the closest name
-    if spec.augment not in (None, "none", "crop_flip", "crop_flip_reflect", "imagenet"):
-        raise ConfigError(f"{where}.augment must be none, crop_flip, crop_flip_reflect or imagenet, "
-                          f"got '{spec.augment}'")
+    from ..data.folder import FOLDER_AUGMENTS
+    from ..data.tensor_loader import TENSOR_AUGMENTS
+    data = get_spec(spec.dataset)  # unknown dataset: ConfigError with the closest name
+    augments = list(TENSOR_AUGMENTS if data.kind == "tensor" else FOLDER_AUGMENTS)
+    if spec.augment is not None and spec.augment not in augments:
+        raise ConfigError(f"{where}.augment: '{spec.augment}' does not apply to {spec.dataset}"
+                          f"{closest(spec.augment, augments)}; use one of {', '.join(augments)}")
     if spec.batch_size < 1:
         raise ConfigError(f"{where}.batch_size must be >= 1, got {spec.batch_size}")
     if spec.lr_scaling not in ("none", "linear"):
         raise ConfigError(f"{where}.lr_scaling must be none or linear, got '{spec.lr_scaling}'")
-    if spec.init is not None and spec.init.model != spec.model:
-        raise ConfigError(f"{where}.init.model is '{spec.init.model}' but the student is '{spec.model}'; "
-                          f"init weights must be the student's architecture")
+    if spec.init is not None:
+        _validate_pretrained(spec.init, f"{where}.init")
+        if spec.init.model != spec.model:
+            raise ConfigError(f"{where}.init.model is '{spec.init.model}' but the student is '{spec.model}'; "
+                              f"init weights must be the student's architecture")
     if spec.preprocess not in ("standard", "zca"):
         raise ConfigError(f"{where}.preprocess must be standard or zca, got '{spec.preprocess}'")
+    if spec.preprocess == "zca" and data.kind != "tensor":
+        raise ConfigError(f"{where}.preprocess: zca applies to CIFAR-shaped datasets, not {spec.dataset}")
     for name, phase in [("train", spec.train)] + [(f"stages.{k}", v) for k, v in spec.stages.items()]:
         _validate_phase(phase, f"{where}.{name}")
     method = METHODS.get(spec.method)
@@ -343,6 +351,16 @@ def validate(spec: ExperimentSpec, where: str = "config") -> None:
     for i, t in enumerate(spec.teachers):
         if isinstance(t, ExperimentSpec):
             validate(t, f"{where}.teachers[{i}]")
+        else:
+            _validate_pretrained(t, f"{where}.teachers[{i}]")
+
+
+def _validate_pretrained(p: Pretrained, where: str) -> None:
+    if not re.fullmatch(r"[0-9a-fA-F]{8,64}", p.sha256):
+        raise ConfigError(f"{where}.sha256 must be the file's sha256 in hex (all 64 digits, or at least the "
+                          f"first 8), got {p.sha256!r}")
+    if p.num_classes < 1:
+        raise ConfigError(f"{where}.num_classes must be >= 1, got {p.num_classes}")
 
 
 def _validate_phase(phase: Phase, where: str) -> None:
@@ -359,10 +377,26 @@ def _validate_phase(phase: Phase, where: str) -> None:
         raise ConfigError(f"{where}.optim.lr must be > 0, got {o.lr}")
     if o.weight_decay < 0 or o.momentum < 0:
         raise ConfigError(f"{where}.optim: weight_decay and momentum must be >= 0")
+    if not o.gamma > 0:
+        raise ConfigError(f"{where}.optim.gamma must be > 0 (the factor applied to the lr), got {o.gamma}")
     if o.schedule == "step" and not o.step_size > 0:
         raise ConfigError(f"{where}.optim.step_size must be > 0 for the step schedule")
     if sorted(o.milestones) != list(o.milestones):
         raise ConfigError(f"{where}.optim.milestones must be increasing, got {o.milestones}")
+
+
+# YAML 1.1 (PyYAML) reads 1e-3 and 1.0e30 as strings; YAML 1.2 and every reader of a config mean numbers.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+def _yaml_loader():
+    import yaml
+
+    class SpecLoader(yaml.SafeLoader):
+        """SafeLoader (plain data only) that also reads exponent floats without a dot or sign."""
+
+    SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
+    return SpecLoader
 
 
 def load_spec(path: Union[str, Path]) -> ExperimentSpec:
@@ -371,9 +405,10 @@ def load_spec(path: Union[str, Path]) -> ExperimentSpec:
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file '{path}' not found; pass the path of a YAML spec such as configs/smoke_resnet20.yaml")
+        raise ConfigError(f"config file '{path}' not found; pass the path of a YAML spec such as "
+                          f"configs/scratch_resnet20_synthetic.yaml")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_yaml_loader())
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         at = f" at line {line + 1}" if line is not None else ""

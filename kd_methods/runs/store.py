@@ -44,12 +44,18 @@ def read_json(path: Path):
 
 
 @contextmanager
-def file_lock(path: Path):
-    """An exclusive advisory lock held for the block (blocks until it is free)."""
+def file_lock(path: Path, on_wait=None):
+    """An exclusive advisory lock held for the block (blocks until it is free; calls `on_wait()` first
+    when another process holds it). The kernel releases it when its holder dies, even by SIGKILL."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -96,9 +102,9 @@ class RunStore:
         return read_json(self.dir(run_id) / "result.json")
 
     @contextmanager
-    def lock(self, run_id: str):
+    def lock(self, run_id: str, on_wait=None):
         """One process trains a run; a second one waits, then finds it finished."""
-        with file_lock(self.root / ".locks" / f"{run_id}.lock"):
+        with file_lock(self.root / ".locks" / f"{run_id}.lock", on_wait):
             yield
 
     def start(self, cfg: dict, device: torch.device) -> Path:
@@ -114,6 +120,17 @@ class RunStore:
         write_json(manifest_path, manifest)
         return d
 
+    def undo_start(self, run_id: str, manifest: bytes | None) -> None:
+        """Put back the manifest `start` replaced, or remove what `start` wrote into a new run folder."""
+        d = self.dir(run_id)
+        if manifest is not None:
+            write_atomic(d / "manifest.json", lambda f: f.write(manifest))
+            return
+        for name in ("manifest.json", "config.json"):
+            (d / name).unlink(missing_ok=True)
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+
     def update_manifest(self, run_id: str, **fields) -> None:
         path = self.dir(run_id) / "manifest.json"
         manifest = read_json(path) if path.is_file() else {}
@@ -125,6 +142,8 @@ def append_results_row(results_dir: Path, paper: str, row: dict) -> None:
     """Add (or refresh) the row keyed by (run_id, table, label) in results/<paper>/runs.csv, atomically."""
     path = Path(results_dir) / paper / "runs.csv"
     with file_lock(path.with_name(".runs.csv.lock")):
+        for stale in path.parent.glob(f".{path.name}.tmp*"):  # left by a writer killed mid-write
+            stale.unlink(missing_ok=True)
         rows = read_results(path)
         def key(r):
             return r["run_id"], r.get("table", ""), r.get("label", "")
