@@ -30,8 +30,8 @@ What is declared here, and how cells map to runs:
 - Posterior entropy (`entropy`, Sec. 3.6): mean entropy of the ResNet-32 posteriors, independent vs DML
   (network 1 of the ResNet-32/ResNet-32 pair of Table 2).
 
-Market-1501 cells need data/market1501 (they are reported "not run" without it) and the engine hook that
-adds rank-1/mAP to the per-epoch evaluation (`kd_methods.eval_reid`).
+Market-1501 cells need data/market1501 (they are reported "not run" without it); the engine scores the
+query/gallery ranking (CMC rank-1 and mAP, `kd_methods.eval_reid`) after each run's last epoch.
 """
 from __future__ import annotations
 
@@ -76,7 +76,8 @@ PROTOCOL_NOTES = [
     "code (Market-1501): weight decay 4e-5 (default of the released train_image_classifier.py); constant lr. "
     "The released script also trains with label smoothing 0.1, which the paper does not mention: not used.",
     "assumed (Market-1501): input 256x128 (the released code resizes to the network's default size); train "
-    "augmentation = the dataset's default until the folder loader supports re-ID resizing + flips.",
+    "augmentation = resize + horizontal flip (augment 'reid'); rank-1/mAP scored once, after the last "
+    "iteration, by Euclidean distance between pooled features (the paper's 'last pooling layer').",
     "deviation (Market-1501): the paper reports results with and without ImageNet pre-training; the suite "
     "cannot initialise students from pretrained weights, so every Market-1501 network trains from scratch.",
     "deviation (Market-1501): InceptionV1 is not in the model zoo; timm's inception_v3 stands in for it "

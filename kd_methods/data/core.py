@@ -5,10 +5,14 @@ kinds exist: "tensor" sets (synthetic, CIFAR, SVHN, MNIST) are read into arrays 
 device-resident `TensorLoader`; "folder" sets (ImageNet, CUB) are lists of image files served by a
 `FolderLoader`. Both loaders follow one protocol: `len(loader)` batches per epoch, `set_epoch(e)`,
 iteration yields `(float32 NCHW normalised images, int64 targets)` on the device.
+
+Retrieval datasets (Market-1501) also carry query and gallery splits (`DataBundle.retrieval`), which the
+engine scores with CMC rank-k and mAP (`kd_methods.eval_reid`) after the last epoch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -23,6 +27,7 @@ from .synthetic import channel_stats
 from .tensor_loader import TENSOR_AUGMENTS, TensorLoader
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x_train, y_train, x_test, y_test
+Gallery = list[tuple[str, int, int]]  # (image path, identity, camera) of a retrieval split
 
 
 @dataclass
@@ -37,7 +42,7 @@ class DataConfig:
     eval_batch_size: int = 512
     seed: int = 0                         # shuffle and augmentation; the synthetic images do not depend on it
     download: bool = False                # fetch with torchvision (md5-verified) before reading
-    num_workers: int = 4                  # DataLoader workers, folder datasets only
+    num_workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))  # folder datasets only
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class DatasetSpec:
     read: Optional[Callable[[DataConfig], Arrays]] = None                 # tensor datasets
     scan: Optional[Callable[[str], tuple[Samples, Samples, int]]] = None  # folder datasets
     fetch: Optional[Callable[[str], Path]] = None                         # download(root) if possible
+    retrieval: Optional[Callable[[str], tuple[Gallery, Gallery]]] = None  # (query, gallery) of root
     no_download: str = ""                       # why it cannot be downloaded (when fetch is None)
 
     @property
@@ -74,6 +80,18 @@ class DataBundle:
     mean: tuple[float, ...] = ()              # the normalisation applied (0 and 1 after ZCA)
     std: tuple[float, ...] = ()
     augment: str = "none"                     # the train augmentation in effect
+    retrieval: Optional["RetrievalSplits"] = None  # query/gallery of re-ID datasets
+
+
+@dataclass
+class RetrievalSplits:
+    """Query and gallery images in file order, each loader over the whole split on every rank."""
+    query: FolderLoader
+    gallery: FolderLoader
+    query_ids: list[int]
+    query_cams: list[int]
+    gallery_ids: list[int]
+    gallery_cams: list[int]
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -197,5 +215,14 @@ def _folder_bundle(cfg, spec, augment, device, rank, world_size) -> DataBundle:
                   device=device, num_workers=cfg.num_workers, size=spec.input_size[1:])
     train = FolderLoader(train_samples, batch_size=cfg.batch_size, train=True, augment=augment, **common)
     test = FolderLoader(test_samples, batch_size=cfg.eval_batch_size, train=False, **common)
+    retrieval = None
+    if spec.retrieval is not None:
+        def loader(split: Gallery) -> FolderLoader:  # ranking needs every image: not sharded
+            return FolderLoader([(path, 0) for path, _, _ in split], batch_size=cfg.eval_batch_size,
+                                train=False, **{**common, "rank": 0, "world_size": 1})
+
+        query, gallery = spec.retrieval(cfg.root)
+        retrieval = RetrievalSplits(loader(query), loader(gallery), [q[1] for q in query],
+                                    [q[2] for q in query], [g[1] for g in gallery], [g[2] for g in gallery])
     return DataBundle(num_classes, spec.input_size, train, test, cfg.name, len(train_samples),
-                      len(test_samples), spec.mean, spec.std, augment)
+                      len(test_samples), spec.mean, spec.std, augment, retrieval)

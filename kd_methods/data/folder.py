@@ -4,8 +4,10 @@ Layouts:
     ROOT/imagenet/{train,val}/<wnid>/*.JPEG          (val sorted into class folders, e.g. by valprep.sh)
     ROOT/cub200/CUB_200_2011/{images.txt, train_test_split.txt, image_class_labels.txt, images/...}
 
-Transforms (both datasets): train = RandomResizedCrop(224, scale (0.08, 1), ratio (3/4, 4/3)) + horizontal
-flip; test = Resize(256) + CenterCrop(224) (other input sizes: see `ImageFiles`). Workers return uint8
+Transforms (augment "imagenet", ImageNet and CUB): train = RandomResizedCrop(224, scale (0.08, 1), ratio
+(3/4, 4/3)) + horizontal flip; test = Resize(256) + CenterCrop(224) (other input sizes: see `ImageFiles`).
+Augment "reid" (Market-1501): train = resize to the input size + horizontal flip, as re-ID training does
+(a random resized crop would cut people apart); test = the same resize. Workers return uint8
 tensors (a quarter of the host->device traffic of float32); the loader moves them with non_blocking copies
 from pinned memory and normalises on the device. The train crop and flip of sample i in epoch e come from
 a generator seeded by (seed, e, i), so the batches of an epoch do not depend on the number of workers or
@@ -27,7 +29,7 @@ from ..errors import DataMissing
 from .sampling import AUGMENT, EpochLoader, epoch_order, generator
 
 Samples = list[tuple[str, int]]  # (image path, class index)
-FOLDER_AUGMENTS = ("imagenet", "none")
+FOLDER_AUGMENTS = ("imagenet", "reid", "none")
 
 
 def random_resized_crop_box(height: int, width: int, g: torch.Generator, scale=(0.08, 1.0),
@@ -58,12 +60,13 @@ def random_resized_crop_box(height: int, width: int, g: torch.Generator, scale=(
 class ImageFiles(Dataset):
     """Indexed by `(i, epoch)`, so the augmentation of a sample is a pure function of (seed, epoch, i).
 
-    size (h, w): train = random resized crop to (h, w) + flip; test = Resize(256/224 * h) + CenterCrop
-    for square sizes (the ImageNet protocol), a plain resize to (h, w) otherwise (the re-ID protocol).
+    size (h, w) and augment: "imagenet" = random resized crop to (h, w) + flip; "reid" = resize to (h, w)
+    + flip; "none" (test) = Resize(256/224 * h) + CenterCrop for square sizes (the ImageNet protocol), a
+    plain resize to (h, w) otherwise (the re-ID protocol).
     """
 
-    def __init__(self, samples: Samples, train: bool, seed: int, size: tuple[int, int] = (224, 224)):
-        self.samples, self.train, self.seed, self.size = samples, train, seed, list(size)
+    def __init__(self, samples: Samples, augment: str, seed: int, size: tuple[int, int] = (224, 224)):
+        self.samples, self.augment, self.seed, self.size = samples, augment, seed, list(size)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -74,10 +77,13 @@ class ImageFiles(Dataset):
         with Image.open(path) as f:
             img = f.convert("RGB")
         h, w = self.size
-        if self.train:
+        if self.augment != "none":
             g = generator(self.seed, epoch, AUGMENT, i)
-            top, left, box_h, box_w = random_resized_crop_box(img.height, img.width, g)
-            img = TF.resized_crop(img, top, left, box_h, box_w, self.size, antialias=True)
+            if self.augment == "imagenet":
+                top, left, box_h, box_w = random_resized_crop_box(img.height, img.width, g)
+                img = TF.resized_crop(img, top, left, box_h, box_w, self.size, antialias=True)
+            else:
+                img = TF.resize(img, self.size, antialias=True)
             if torch.rand(1, generator=g).item() < 0.5:
                 img = TF.hflip(img)
         elif h == w:
@@ -100,7 +106,7 @@ class FolderLoader(EpochLoader):
         super().__init__(batch_size=batch_size, train=train, seed=seed, rank=rank, world_size=world_size,
                          mean=mean, std=std, scale=1.0 / 255, device=self.device)
         self.samples, self.num_samples = samples, len(samples)
-        self.dataset = ImageFiles(samples, train=train and augment == "imagenet", seed=seed, size=size)
+        self.dataset = ImageFiles(samples, augment if train else "none", seed=seed, size=size)
         self._loader = DataLoader(self.dataset, batch_sampler=_Batches(self), num_workers=num_workers,
                                   pin_memory=self.device.type == "cuda",
                                   persistent_workers=num_workers > 0)

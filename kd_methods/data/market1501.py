@@ -12,10 +12,12 @@ box 3); junk boxes are named ``-1_c...``. Training relabels the 751 training ide
 person id and camera, which the evaluation needs: see `kd_methods.eval_reid` for the protocol (same id
 and same camera = junk; id -1 = junk; id 0 = distractor, a negative).
 
-The registry entry's train split is the training images; its classification "test" split is the same
-training images under test-time transforms, because the 750 test identities are not among the 751
-classes, so a classification error on them is undefined. Re-identification quality (rank-1, mAP) comes
-from `kd_methods.eval_reid` on `load_market1501(root).query / .gallery`.
+The registry entry's train split is the training images; its classification "test" split is every
+10th training image under test-time transforms (a cheap per-epoch training-error probe), because the 750
+test identities are not among the 751 classes, so a classification error on them is undefined.
+Re-identification quality (rank-1, rank-5, rank-10, mAP) is what the paper reports: the registry entry's
+`retrieval` hands the query and gallery to the engine, which scores them with `kd_methods.eval_reid`
+after the last epoch. Training images are resized to 256x128 and flipped (augment "reid").
 """
 from __future__ import annotations
 
@@ -89,12 +91,23 @@ def load_market1501(root: str | Path) -> Market1501:
     return Market1501(train=train, query=query, gallery=gallery, num_classes=len(pids), train_pids=pids)
 
 
+TRAIN_PROBE_EVERY = 10
+
+
 def scan_market1501(root: str | Path) -> tuple[list[tuple[str, int]], list[tuple[str, int]], int]:
-    """The registry's (train, classification test, num_classes): see the module docstring."""
+    """The registry's (train, classification probe, num_classes): see the module docstring."""
     data = load_market1501(root)
-    return data.train, list(data.train), data.num_classes
+    return data.train, data.train[::TRAIN_PROBE_EVERY], data.num_classes
+
+
+def retrieval_market1501(root: str | Path) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, int]]]:
+    """(query, gallery) as (path, person id, camera), in file order."""
+    data = load_market1501(root)
+    return ([(im.path, im.pid, im.camid) for im in data.query],
+            [(im.path, im.pid, im.camid) for im in data.gallery])
 
 
 DATASETS.register("market1501")(DatasetSpec(
-    "Market-1501", INPUT_SIZE, None, "imagenet", IMAGENET_MEAN, IMAGENET_STD, scan=scan_market1501,
+    "Market-1501", INPUT_SIZE, None, "reid", IMAGENET_MEAN, IMAGENET_STD, scan=scan_market1501,
+    retrieval=retrieval_market1501,
     no_download="Market-1501 is not downloaded automatically: " + HINT.format(where="DATA_ROOT/market1501")))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..eval_reid import evaluate_reid
 from . import distributed as dist
 from .checkpoint import write_atomic
 
@@ -35,16 +36,35 @@ def evaluate_model(model, loader, autocast) -> dict[str, float]:
                 entropy=round(entropy / n, 5))
 
 
-def evaluate(distiller, loader, autocast) -> dict[str, float]:
-    """Metrics of every eval model; the first (headline) model's are unprefixed."""
+def _per_model(distiller, metrics) -> dict[str, float]:
+    """metrics(model) of every eval model; the first (headline) model's unprefixed, all prefixed by name
+    when there are several (DML's "net2_top1_err")."""
     out = {}
-    for i, (name, model) in enumerate(distiller.eval_models().items()):
-        m = evaluate_model(model, loader, autocast)
+    models = distiller.eval_models()
+    for i, (name, model) in enumerate(models.items()):
+        m = metrics(model)
         if i == 0:
             out.update(m)
-        if len(distiller.eval_models()) > 1:
+        if len(models) > 1:
             out.update({f"{name}_{k}": v for k, v in m.items()})
     return out
+
+
+def evaluate(distiller, loader, autocast) -> dict[str, float]:
+    """Top-1/top-5 error and entropy of every eval model (see `_per_model` for the names)."""
+    return _per_model(distiller, lambda model: evaluate_model(model, loader, autocast))
+
+
+def evaluate_retrieval(distiller, splits, autocast) -> dict[str, float]:
+    """CMC rank-1/5/10 and mAP (%) of every eval model on a re-ID dataset's query and gallery
+    (`DataBundle.retrieval`); every rank scores the whole splits, so no gathering is needed."""
+    def score(model) -> dict[str, float]:
+        with autocast:
+            out = evaluate_reid(model, splits.query, splits.gallery, splits.query_ids, splits.query_cams,
+                                splits.gallery_ids, splits.gallery_cams)
+        out.pop("valid_queries")
+        return out
+    return _per_model(distiller, score)
 
 
 class MetricsLog:

@@ -29,7 +29,7 @@ from ..methods import StepContext, build_method
 from ..models import create_model
 from . import distributed as dist
 from .checkpoint import load_checkpoint, load_verified, save_atomic
-from .metrics import MetricsLog, evaluate
+from .metrics import MetricsLog, evaluate, evaluate_retrieval
 from .optim import build_optimizer, lr_at, set_lr
 
 
@@ -198,6 +198,8 @@ def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineO
                 raise _diverged(f"{broken} became non-finite in stage '{plan.stage.name}' epoch {epoch + 1}",
                                 global_epoch)
             row.update(evaluate(distiller, data.test, autocast))
+            if data.retrieval is not None and si == len(plans) - 1 and epoch + 1 == plan.epochs:
+                row.update(evaluate_retrieval(distiller, data.retrieval, autocast))  # once: the gallery is big
             row["wall_s"] = round(time.time() - t0, 3)
             log.append(row)
             global_epoch += 1

@@ -58,12 +58,15 @@ def load_teacher(t: dict, store: RunStore | None) -> torch.nn.Module:
     return load_run_model(t, store)
 
 
+REID_METRICS = ("rank1", "rank5", "rank10", "mAP")  # re-ID datasets, last epoch only
+
+
 def _summary(cfg: dict, history: list[dict], wall_s: float, model_names: list[str], num_classes: int,
              device: str) -> dict:
     final_stage = history[-1]["stage"]
     final_rows = [r for r in history if r["stage"] == final_stage]
     last = history[-1]
-    extra = {k: v for k, v in last.items() if k.endswith(("_top1_err", "_top5_err", "entropy"))
+    extra = {k: v for k, v in last.items() if k.endswith(("_top1_err", "_top5_err", "entropy") + REID_METRICS)
              and k not in ("top1_err", "top5_err")}
     for r in history:  # each stage's last-epoch losses, e.g. "paraphraser_loss_rec" (FEED's Figure 4-5 probes)
         extra.update({f"{r['stage']}_{k}": v for k, v in r.items() if k.startswith("loss")})
