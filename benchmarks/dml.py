@@ -38,6 +38,7 @@ from __future__ import annotations
 from kd_methods.runs.spec import ExperimentSpec, Optim, Phase
 
 from .core import Cell, Paper, Plot, Table, load_references
+from .plots import cell_runs, empty_panel, figure_title, save
 
 KEY = "dml"
 N_SEEDS = 1              # runs per cell (assumed: the paper prints single numbers)
@@ -252,7 +253,6 @@ def entropy_table() -> Table:
 
 # -- plots -----------------------------------------------------------------------------------------
 def _finished(rows, table_key: str, cell, budget) -> list[dict]:
-    from .feed_plots import cell_runs
     return cell_runs(rows, table_key, cell, budget)
 
 
@@ -280,7 +280,6 @@ def draw_cohort(paper, rows, budget, runs_dir, path):
     """Mean and best network against the cohort size K, one panel per cohort table."""
     from matplotlib.figure import Figure
 
-    from .feed_plots import figure_title, save
 
     tables = [t for t in paper.tables if t.key.startswith("cohort_")]
     fig = Figure(figsize=(5.2 * len(tables), 4.2), layout="constrained")
@@ -309,7 +308,6 @@ def draw_dmle(paper, rows, budget, runs_dir, path):
     """Cohort-mean accuracy of DML and DML_e against K (DML_e runs are their own; DML's the cohort's)."""
     from matplotlib.figure import Figure
 
-    from .feed_plots import figure_title, save
 
     fig = Figure(figsize=(5.6, 4.0), layout="constrained")
     ax = fig.add_subplot()
@@ -338,7 +336,7 @@ def draw_dmle(paper, rows, budget, runs_dir, path):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     else:
-        _empty(ax, paper.key)
+        empty_panel(ax, paper.key)
     ax.set_title(figure_title(f"DML vs DML_e, CIFAR-100 {COHORT_CIFAR}", budget, used), fontsize=9)
     save(fig, path)
 
@@ -347,7 +345,6 @@ def draw_gains(paper, rows, budget, runs_dir, path):
     """Table 2: DML - Independent accuracy gain per network, ours against the paper's."""
     from matplotlib.figure import Figure
 
-    from .feed_plots import figure_title, save
 
     table = next(t for t in paper.tables if t.key == "table2")
     refs = load_references(paper.key)
@@ -381,7 +378,7 @@ def draw_gains(paper, rows, budget, runs_dir, path):
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3, axis="y")
     else:
-        _empty(ax, paper.key)
+        empty_panel(ax, paper.key)
     ax.set_title(figure_title("Table 2: accuracy gain of DML over independent training", budget, used), fontsize=9)
     save(fig, path)
 
@@ -389,7 +386,7 @@ def draw_gains(paper, rows, budget, runs_dir, path):
 def _lines(ax, xs, series: dict[str, list[float]], xlabel: str, ylabel: str, paper_key: str,
            hint: str = "") -> None:
     if not xs:
-        _empty(ax, paper_key, hint)
+        empty_panel(ax, paper_key, hint)
         return
     for name, ys in series.items():
         ax.plot(xs, ys, marker="o", label=name)
@@ -398,13 +395,6 @@ def _lines(ax, xs, series: dict[str, list[float]], xlabel: str, ylabel: str, pap
     ax.set_xticks(xs)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-
-
-def _empty(ax, paper_key: str, hint: str = "") -> None:
-    ax.text(0.5, 0.5, f"no finished runs yet\n{hint or f'run `make reproduce-{paper_key}`'}", ha="center",
-            va="center", transform=ax.transAxes, fontsize=11, color="0.4")
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 def paper() -> Paper:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from kd_methods.runs.spec import ExperimentSpec, Optim, Phase, Pretrained
 
+from . import feed_plots
 from .core import Cell, Paper, Plot, Table, generations
 
 KEY = "feed"
@@ -264,7 +265,6 @@ def fig5_table() -> Table:
 
 
 def paper() -> Paper:
-    from . import feed_plots
 
     return Paper(
         key=KEY,

@@ -28,6 +28,7 @@ from __future__ import annotations
 from kd_methods.runs.spec import ExperimentSpec, Optim, Phase
 
 from .core import Cell, Paper, Plot, Table
+from .plots import cell_runs, figure_title, save
 
 KEY = "fitnets"
 BATCH = 128                     # paper, Sec. 4 / Appendix
@@ -190,7 +191,6 @@ def draw_tradeoff(paper, rows, budget, runs_dir, path):
     from kd_methods.report import metric_value
 
     from .core import load_references
-    from .feed_plots import cell_runs, figure_title, save
 
     table = next(t for t in paper.tables if t.key == "table5")
     refs = load_references(paper.key)

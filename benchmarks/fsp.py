@@ -35,6 +35,7 @@ import dataclasses
 from kd_methods.runs.spec import ExperimentSpec, Optim, Phase, Pretrained
 
 from .core import Cell, Paper, Plot, Table
+from .plots import cell_runs, figure_title, read_metrics, save
 
 KEY = "fsp"
 N_NETS = 3              # the paper's net1..net3 of Tables 1-2
@@ -262,7 +263,6 @@ def draw_accuracy_vs_iteration(paper, rows, budget, runs_dir, path):
     """Test accuracy against iterations of each row's net1 run, Tables 1 and 2 side by side."""
     from matplotlib.figure import Figure
 
-    from .feed_plots import cell_runs, figure_title, read_metrics, save
 
     tables = [t for t in paper.tables if t.key in ("table1", "table2")]
     fig = Figure(figsize=(6.0 * len(tables), 4.6))

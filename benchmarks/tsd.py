@@ -27,6 +27,7 @@ from __future__ import annotations
 from kd_methods.runs.spec import ExperimentSpec, Optim, Phase
 
 from .core import Cell, Paper, Plot, Table, generations
+from .plots import cell_runs, figure_title, save
 
 KEY = "tsd"
 N_GENERATIONS = 5        # generations after the patriarch (assumed; the paper sees accuracy saturate after a few)
@@ -121,7 +122,6 @@ def slug(name: str) -> str:
 
 # -- plots -----------------------------------------------------------------------------------------
 def _mean_error(rows, table, cell, budget) -> tuple[float | None, list[dict]]:
-    from .feed_plots import cell_runs
 
     found = cell_runs(rows, table.key, cell, budget)
     values = [float(r["top1_err"]) for r in found if r.get("top1_err") not in ("", None)]
@@ -134,7 +134,6 @@ def _draw_lines(prefix: str, title: str, xlabel: str, x_of):
     def draw(paper, rows, budget, runs_dir, path):
         from matplotlib.figure import Figure
 
-        from .feed_plots import figure_title, save
 
         tables = [t for t in paper.tables if t.key.startswith(prefix)]
         fig = Figure(figsize=(5.6 * len(tables), 4.4), layout="constrained")

@@ -182,7 +182,7 @@ def fake_run(runs_dir, results, run_id, table_key, c, metrics, teacher=None, top
 
 
 def test_plot_helpers_read_probe_rows_and_the_stack0_teacher(paper, tmp_path):
-    from benchmarks import feed_plots
+    from benchmarks import plots as feed_plots
 
     runs_dir, rows = tmp_path / "runs", []
     probe = table(paper, "fig4").cells[2]
