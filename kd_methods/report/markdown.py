@@ -44,12 +44,31 @@ def format_cell(summary: dict, ref: dict | None, paper_metric: str, budget: str 
     return "<br>".join(p for p in (ours, paper, diff) if p)
 
 
-def _provenance_rows(methods: set[str]) -> list[dict]:
+def _cell_specs(table):
+    """Every spec a table trains: its cells' specs and, recursively, their teachers' (a generation's
+    patriarch is trained with the TSD term, say)."""
+    todo = [spec for c in table.cells for spec in c.specs]
+    while todo:
+        spec = todo.pop()
+        yield spec
+        todo += [t for t in getattr(spec, "teachers", []) if hasattr(t, "method")]
+
+
+def _provenance_rows(table, ran_methods: set[str]) -> list[dict]:
+    """Non-paper hyper-parameters and deviations of every method the table uses, with each cell's own
+    method_args applied (a value a cell overrides shows as source "config")."""
     from ..methods import METHODS
-    rows = []
-    for m in sorted(methods):
-        if m in METHODS:
-            rows += [r for r in METHODS.get(m).provenance() if r["source"] != "paper"]
+    uses = {(spec.method, repr(sorted(spec.method_args.items()))): spec.method_args for spec in _cell_specs(table)}
+    uses.update({(m, "[]"): {} for m in ran_methods if not any(k[0] == m for k in uses)})
+    rows, seen = [], set()
+    for (method, _), args in sorted(uses.items()):
+        if method not in METHODS:
+            continue
+        for r in METHODS.get(method).provenance(args):
+            key = (r["method"], r["name"], repr(r["value"]), r["source"], r["note"])
+            if r["source"] != "paper" and key not in seen:
+                seen.add(key)
+                rows.append(r)
     return rows
 
 
@@ -88,7 +107,7 @@ def render_table_markdown(paper, table, summaries: dict, refs: dict, budget: str
         lines.append(f"- {n}")
     if paper.protocol_notes:
         lines += ["", "## Protocol", ""] + [f"- {n}" for n in paper.protocol_notes]
-    prov = _provenance_rows({r["method"] for r in ran} | {c.specs[0].method for c in table.cells if c.specs})
+    prov = _provenance_rows(table, {r["method"] for r in ran})
     if prov:
         lines += ["", "## Assumed values and deviations", "", "| method | name | value | source | note |",
                   "|---|---|---|---|---|"]
