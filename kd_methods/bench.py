@@ -526,12 +526,7 @@ class Builder:
 
         def forward_train(images, targets, ctx):
             all_logits = vmap_forward_train(distiller.networks, images, template)
-            losses = {}
-            for i, logits in enumerate(all_logits, start=1):
-                others = [z for j, z in enumerate(all_logits, start=1) if j != i]
-                losses[f"loss_ce_net{i}"] = F.cross_entropy(logits, targets)
-                losses[f"loss_dml_net{i}"] = distiller.mimicry(logits, others)
-            return all_logits[0], losses
+            return all_logits[0], distiller.cohort_losses(all_logits, targets)
         distiller.forward_train = forward_train
         name = self.names[f"dml{k}_vmap"] = f"dml {k}x {label(mid)} (vmap peers)"
         self.cases.append(Case(name, self.s.batch, fast, reference=f"dml {k}x {label(mid)}",

@@ -98,12 +98,16 @@ class DML(Distiller):
     def forward_train(self, images: Tensor, targets: Tensor, ctx: StepContext
                       ) -> tuple[Tensor, dict[str, Tensor]]:
         all_logits = [net(images) for net in self.networks]
+        return all_logits[0], self.cohort_losses(all_logits, targets)
+
+    def cohort_losses(self, all_logits: list[Tensor], targets: Tensor) -> dict[str, Tensor]:
+        """Eq. 10 for every peer k: its cross-entropy and its mimicry of the others."""
         losses = {}
         for k, logits in enumerate(all_logits, start=1):
             others = [z for j, z in enumerate(all_logits, start=1) if j != k]
             losses[f"loss_ce_net{k}"] = F.cross_entropy(logits, targets)
             losses[f"loss_dml_net{k}"] = self.mimicry(logits, others)
-        return all_logits[0], losses
+        return losses
 
     def eval_models(self) -> dict[str, nn.Module]:
         return {f"net{i}": net for i, net in enumerate(self.networks, start=1)}
