@@ -131,3 +131,33 @@ def test_nan_loss_stops_the_run_keeps_the_checkpoint_and_records_failure(tmp_pat
     assert not (d / "result.json").exists()
     (row,) = read_results(tmp_path / "results" / "unit" / "runs.csv")
     assert row["status"] == "failed"
+
+
+@pytest.mark.parametrize("budget", ["smoke", "paper"])
+def test_smoke_runs_keep_the_average_of_their_batches_as_batchnorm_statistics(tmp_path, monkeypatch, budget):
+    """Two steps would leave BN's running mean 81% at its start under the usual momentum 0.1; the smoke
+    budget averages the batches instead, so an eval-mode teacher sees sensible statistics."""
+    from kd_methods.engine import trainer
+    from kd_methods.models import create_model
+
+    seen = []
+
+    def create_and_watch(name, **kw):
+        model = create_model(name, **kw)
+        model.bn1.register_forward_hook(
+            lambda m, inp, out: seen.append(inp[0].detach().mean(dim=(0, 2, 3))) if m.training else None)
+        return model
+
+    monkeypatch.setattr(trainer, "create_model", create_and_watch)
+    cfg = resolve(tiny(epochs=1), budget=budget, data="synthetic")
+    assert cfg.get("bn_stats") == ("cumulative" if budget == "smoke" else None)
+    result = trainer.train_run(cfg, tmp_path, [], CPU)
+    running = result["models"]["student"]["bn1.running_mean"]
+    batches = torch.stack(seen)
+    if budget == "smoke":
+        assert len(seen) == 2 and torch.allclose(running, batches.mean(0), atol=1e-5)
+    else:  # exponential moving average from 0 with momentum 0.1
+        expected = torch.zeros_like(running)
+        for b in batches:
+            expected = 0.9 * expected + 0.1 * b
+        assert torch.allclose(running, expected, atol=1e-5)

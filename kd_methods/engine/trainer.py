@@ -154,6 +154,10 @@ def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineO
     if cfg.get("init"):
         init_student(student, cfg["init"], data.num_classes)
     distiller = build_method(cfg["method"], student, teachers, data.num_classes, **cfg["method_args"])
+    if cfg.get("bn_stats") == "cumulative":  # smoke budget: see kd_methods.runs.spec.resolve
+        for m in distiller.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = None
     distiller.to(device)
     if cuda and opts.channels_last:
         distiller.to(memory_format=torch.channels_last)

@@ -52,8 +52,40 @@ def not_run_reason(rows: list[dict], table_key: str, label: str) -> str:
     return "not run"
 
 
-def render_paper(paper, results_dir: Path = Path("results"), runs_dir: Path = Path("runs")) -> list[Path]:
+def table_summaries(table, rows: list[dict], budget: str | None) -> dict:
+    """(row, col) -> mean/std/n of the cell's runs at `budget`, the runs, or why it did not run."""
     from benchmarks import cell_label
+
+    summaries = {}
+    for cell in table.cells:
+        label = cell_label(cell)
+        picked = cell_rows(rows, table.key, label, budget) if budget else []
+        values = [v for v in (metric_value(r, cell.metric) for r in picked) if v is not None]
+        summaries[(cell.row, cell.col)] = dict(
+            **summarize(values), cell=cell, rows=picked,
+            reason="" if values else not_run_reason(rows, table.key, label))
+    return summaries
+
+
+def table_status(paper, table, rows: list[dict], refs: dict) -> dict:
+    """One line of the results index: what ran, on what, and how far from the paper."""
+    from .markdown import to_paper_metric
+
+    budget = chosen_budget(rows)
+    summaries = table_summaries(table, rows, budget)
+    ran = [r for s in summaries.values() for r in s["rows"]]
+    deltas = []
+    for (row, col), s in summaries.items():
+        ref = refs.get((table.key, row, col))
+        if s["n"] and ref and ref["value"] is not None:
+            deltas.append(abs(to_paper_metric(s["mean"], s["cell"].metric, table.paper_metric) - ref["value"]))
+    return dict(budget=budget, cells=len(summaries), ran=sum(1 for s in summaries.values() if s["n"]),
+                datasets=sorted({r["dataset"] for r in ran}), devices=sorted({r["device"] for r in ran if r["device"]}),
+                compared=len(deltas), mean_abs_delta=statistics.fmean(deltas) if deltas else None,
+                transcribed=sum(1 for k, r in refs.items() if k[0] == table.key and r["value"] is not None))
+
+
+def render_paper(paper, results_dir: Path = Path("results"), runs_dir: Path = Path("runs")) -> list[Path]:
     from benchmarks.core import load_references
 
     out_dir = Path(results_dir) / paper.key
@@ -63,15 +95,7 @@ def render_paper(paper, results_dir: Path = Path("results"), runs_dir: Path = Pa
     refs = load_references(paper.key)
     written = []
     for table in paper.tables:
-        summaries = {}
-        for cell in table.cells:
-            label = cell_label(cell)
-            picked = cell_rows(rows, table.key, label, budget) if budget else []
-            values = [v for v in (metric_value(r, cell.metric) for r in picked) if v is not None]
-            summaries[(cell.row, cell.col)] = dict(
-                **summarize(values), cell=cell, rows=picked,
-                reason="" if values else not_run_reason(rows, table.key, label))
-        text = render_table_markdown(paper, table, summaries, refs, budget)
+        text = render_table_markdown(paper, table, table_summaries(table, rows, budget), refs, budget)
         path = out_dir / f"{table.key}.md"
         write_text(path, text)
         written.append(path)
@@ -91,8 +115,19 @@ def render_all(papers, results_dir: Path = Path("results"), runs_dir: Path = Pat
 
 
 def write_index(results_dir: Path) -> None:
+    """results/README.md: every paper's tables with their status (see `table_status`) and plots."""
+    from benchmarks import PAPER_MODULES, get_paper
+    from benchmarks.core import load_references
+
     from .markdown import render_index
-    write_text(results_dir / "README.md", render_index(results_dir))
+
+    papers = []
+    for key in PAPER_MODULES:
+        paper = get_paper(key)
+        rows = read_results(Path(results_dir) / key / "runs.csv")
+        refs = load_references(key)
+        papers.append((paper, [(t, table_status(paper, t, rows, refs)) for t in paper.tables]))
+    write_text(Path(results_dir) / "README.md", render_index(Path(results_dir), papers))
 
 
 __all__ = ["render_paper", "render_all", "chosen_budget", "summarize", "metric_value", "BUDGETS"]

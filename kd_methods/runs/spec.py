@@ -174,6 +174,11 @@ def resolve(spec: ExperimentSpec, budget: Union[Budget, str] = "paper", data: st
         "budget": budget.name,
         "teachers": [],
     }
+    if budget.smoke:
+        # Two steps leave BatchNorm's running statistics 81% at their (0, 1) start, so an eval-mode
+        # network (a teacher, a probed model) mis-scales every layer and deep ones blow up; averaging
+        # the batches seen instead gives them the statistics of what they trained on.
+        cfg["bn_stats"] = "cumulative"
     if spec.init is not None:  # only when set, so the ids of runs without one do not change
         cfg["init"] = dataclasses.asdict(spec.init)
     if spec.lr_scaling == "linear":  # the global batch, hence the run, depends on the number of processes
