@@ -687,16 +687,6 @@ def describe_device(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(device: str = "auto", out: Path = Path("results/bench"), quick: bool = False,
          compile: Optional[bool] = None) -> int:
     """Build, time and report every case; `compile`: add a torch.compile case (default: on CUDA only,
@@ -819,6 +809,8 @@ def _md_table(header: list[str], body: list[list]) -> str:
 def render_readme(table: list[dict], settings: Settings, builder: Builder, load_before, load_after,
                   wall_s: float) -> str:
     import torchvision
+
+    from .runs.store import cpu_model
 
     dev = settings.device
     hw = [f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores, torch uses {torch.get_num_threads()} threads",

@@ -88,7 +88,7 @@ def test_protocol_and_its_smoke_scaling(paper):
     assert cfg["train"]["optim"]["milestones"] == [32_000, 48_000]
     smoke = cfg_of(paper, GEN, "TSD", "Gen 0", "smoke")
     assert smoke["train"]["length"] == 2 and smoke["train"]["optim"]["milestones"] == [1.0, 1.5]
-    assert smoke["dataset"] == "synthetic100" and smoke["train_subset"] == 16
+    assert smoke["dataset"] == "synthetic100" and smoke["train_subset"] == 8
 
 
 def test_references_cover_every_cell_and_are_empty(paper):

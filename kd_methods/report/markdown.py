@@ -7,7 +7,8 @@ from ..engine.checkpoint import write_atomic
 from ..runs.spec import BUDGETS
 
 NOT_TRANSCRIBED = "paper value not transcribed"
-METRIC_NAMES = {"top1_error": "top-1 error (%)", "top1_acc": "top-1 accuracy (%)", "top5_error": "top-5 error (%)",
+METRIC_NAMES = {"mAP": "mAP (%)", "rank1": "CMC rank-1 (%)", "loss_rec": "paraphraser reconstruction loss",
+                "top1_error": "top-1 error (%)", "top1_acc": "top-1 accuracy (%)", "top5_error": "top-5 error (%)",
                 "entropy": "mean posterior entropy (nats)", "top1_acc_gain": "accuracy gain (points)"}
 
 
@@ -27,7 +28,10 @@ def _fmt(x: float | None, digits: int = 2) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
 
 
-def format_cell(summary: dict, ref: dict | None, paper_metric: str, budget: str | None) -> str:
+def format_cell(summary: dict, ref: dict | None, paper_metric: str, budget: str | None,
+                comparable: bool = True) -> str:
+    """Ours (mean ± std, n), the paper's value, and the difference; no difference for smoke or synthetic
+    runs (`comparable` False), whose numbers must not be read against the paper's."""
     cell = summary["cell"]
     if summary["n"]:
         mean = to_paper_metric(summary["mean"], cell.metric, paper_metric)
@@ -39,7 +43,7 @@ def format_cell(summary: dict, ref: dict | None, paper_metric: str, budget: str 
         diff = ""
     else:
         paper = f"paper: {_fmt(ref['value'])}"
-        diff = (f"Δ {mean - ref['value']:+.2f}" if summary["n"] else "")
+        diff = (f"Δ {mean - ref['value']:+.2f}" if summary["n"] and comparable else "")
     return "<br>".join(p for p in (ours, paper, diff) if p)
 
 
@@ -88,15 +92,16 @@ def render_table_markdown(paper, table, summaries: dict, refs: dict, budget: str
         if budget == "smoke" or synthetic:
             lines += ["", "> **Smoke/synthetic numbers.** These runs check that the pipeline works end to end; "
                           "they are not a reproduction of the paper and must not be compared with its values."]
-    lines += ["", f"Metric: {METRIC_NAMES.get(table.paper_metric, table.paper_metric)}; "
-                  f"each cell: ours, the paper's value, and ours − paper.", ""]
+    lines += ["", f"Metric: {METRIC_NAMES.get(table.paper_metric, table.paper_metric)}; each cell: ours, the "
+                  f"paper's value, and ours − paper{' (not shown for smoke/synthetic runs)' if synthetic or budget == 'smoke' else ''}.", ""]
     lines.append("| | " + " | ".join(table.cols) + " |")
     lines.append("|---" * (len(table.cols) + 1) + "|")
     for row in table.rows:
         cells = []
         for col in table.cols:
             s = summaries.get((row, col))
-            cells.append(format_cell(s, refs.get((table.key, row, col)), table.paper_metric, budget) if s else "")
+            cells.append(format_cell(s, refs.get((table.key, row, col)), table.paper_metric, budget,
+                                     comparable=not (budget == "smoke" or synthetic)) if s else "")
         lines.append(f"| **{row}** | " + " | ".join(cells) + " |")
     sources = sorted({r["source"] for k, r in refs.items() if k[0] == table.key and r["source"]})
     notes = [r["note"] for k, r in refs.items() if k[0] == table.key and r["note"]]
@@ -132,7 +137,8 @@ def render_index(results_dir: Path, papers: list) -> str:
                 delta = "—"
             else:
                 delta = f"{st['mean_abs_delta']:.2f} over {st['compared']} cells" if st["compared"] else "—"
-            lines.append(f"| {paper.key} | {table.key} | {st['budget'] or 'not run'} | "
+            budget = st["budget"] if st["ran"] else st["not_run"]
+            lines.append(f"| {paper.key} | {table.key} | {budget} | "
                          f"{', '.join(st['datasets']) or '—'} | {'; '.join(st['devices']) or '—'} | "
                          f"{st['ran']} / {st['cells']} | {delta} | [{table.key}.md]({paper.key}/{table.key}.md) |")
     plots = [(paper.key, p.key) for paper, _ in papers for p in paper.plots

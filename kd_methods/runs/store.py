@@ -74,11 +74,23 @@ def git_commit() -> str:
         return "unknown"
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
-           f"{torch.get_num_threads()} threads)"
+    """What trained a run, for reports: the GPU model, or the CPU model and threads; x N under DDP."""
+    from ..engine.distributed import world_size
+
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"{cpu_model()}, {torch.get_num_threads()} threads")
+    return name + (f" x {world_size()} processes" if world_size() > 1 else "")
 
 
 def versions() -> dict:
