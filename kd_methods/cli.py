@@ -32,7 +32,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results-dir", default=os.environ.get("KD_RESULTS", "results"), help="runs.csv and reports")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--compile", action="store_true", help="torch.compile the student and teachers")
-    p.add_argument("--no-amp", action="store_true", help="train in fp32 on CUDA (default: bf16 autocast)")
+    p.add_argument("--no-amp", action="store_true", help="train in fp32 (default: bf16 autocast on CUDA and on CPUs with native bf16)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: on an interactive terminal outside CI)")

@@ -30,8 +30,8 @@ def torchrun(*args: str, nproc: int = 2) -> list[str]:
 
 
 def kd_run(config: Path, runs: Path, results: Path, **extra: str) -> list[str]:
-    args = ["-m", "kd_methods.cli", "run", str(config), "--device", "cpu", "--no-progress",
-            "--runs-dir", str(runs), "--results-dir", str(results)]
+    args = ["-m", "kd_methods.cli", "run", str(config), "--device", "cpu", "--no-progress", "--no-amp",
+            "--runs-dir", str(runs), "--results-dir", str(results)]  # fp32: see ddp_check.compare
     return args + [a for k, v in extra.items() for a in (f"--{k.replace('_', '-')}", v)]
 
 
@@ -187,7 +187,9 @@ gathered = [torch.zeros_like(flat) for _ in range(2)]
 tdist.all_gather(gathered, flat)
 assert torch.equal(gathered[0], gathered[1]), "ranks disagree"
 # one file per rank: both ranks share torchrun's stdout, where their lines can interleave
-open(f"{__file__}.rank{dist.rank()}", "w").write("ok")
+with open(f"{__file__}.rank{dist.rank()}", "w") as f:
+    f.write("ok")
+del step  # a DDP reducer still alive when the group is destroyed can abort the process at exit
 dist.shutdown()
 """
 

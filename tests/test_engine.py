@@ -151,7 +151,7 @@ def test_smoke_runs_keep_the_average_of_their_batches_as_batchnorm_statistics(tm
     monkeypatch.setattr(trainer, "create_model", create_and_watch)
     cfg = resolve(tiny(epochs=1), budget=budget, data="synthetic")
     assert cfg.get("bn_stats") == ("cumulative" if budget == "smoke" else None)
-    result = trainer.train_run(cfg, tmp_path, [], CPU)
+    result = trainer.train_run(cfg, tmp_path, [], EngineOptions(device="cpu", progress=False, amp=False))
     running = result["models"]["student"]["bn1.running_mean"]
     batches = torch.stack(seen)
     if budget == "smoke":

@@ -7,11 +7,13 @@ rewrites `metrics.csv` from the checkpoint's history, so a killed run resumes fr
 ends with the same numbers as an uninterrupted one (the data order and augmentation of an epoch are a
 pure function of (seed, epoch); the RNG state is checkpointed too).
 
-Fast paths are on where they help: bf16 autocast and channels_last on CUDA, teachers under
+Fast paths are on where they help: channels_last everywhere; bf16 autocast on CUDA and on CPUs with
+native bf16 arithmetic (AVX512-BF16 or AMX: with channels_last, 1.8x on a 2-core EPYC), teachers under
 inference_mode (see `Distiller`), losses accumulated on the device and read once per epoch.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import sys
@@ -36,8 +38,8 @@ from .optim import build_optimizer, lr_at, set_lr
 @dataclass
 class EngineOptions:
     device: str = "auto"          # auto | cpu | cuda | cuda:N
-    amp: bool = True              # bf16 autocast (CUDA only)
-    channels_last: bool = True    # CUDA only
+    amp: bool = True              # bf16 autocast where the device computes bf16 natively (`fast_device`)
+    channels_last: bool = True    # channels_last weights and activations
     compile: bool = False         # torch.compile the student and teachers
     progress: bool | None = None  # tqdm bar; None: only on an interactive terminal outside CI
     deterministic: bool = False   # torch.use_deterministic_algorithms (CPU resume tests)
@@ -49,6 +51,22 @@ def pick_device(name: str = "auto") -> torch.device:
             return dist.local_device()
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """True on CPUs with native bf16 arithmetic (AVX512-BF16, AMX-BF16), where oneDNN runs bf16
+    convolutions faster than fp32; elsewhere CPU autocast emulates bf16 and is slower."""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def fast_device(device: torch.device) -> bool:
+    """Whether bf16 autocast and channels_last pay on this device."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
 
 
 def seed_everything(seed: int) -> None:
@@ -159,7 +177,7 @@ def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineO
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = None
     distiller.to(device)
-    if cuda and opts.channels_last:
+    if opts.channels_last:  # CPU too: oneDNN's convolutions are NHWC-native (1.28x in fp32, kd-bench bench)
         distiller.to(memory_format=torch.channels_last)
     if opts.compile:
         for m in [distiller.student, *distiller.teachers]:
@@ -167,7 +185,8 @@ def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineO
                 m.compile()
     plans = plan_stages(distiller, cfg, len(data.train))
     lr_mult = dist.world_size() if cfg["lr_scaling"] == "linear" else 1.0
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cuda and opts.amp else nullcontext())
+    fast = opts.amp and fast_device(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if fast else nullcontext()
 
     ckpt_path = run_dir / "last.pt"
     ckpt = load_checkpoint(ckpt_path)
