@@ -79,8 +79,11 @@ def table_status(paper, table, rows: list[dict], refs: dict) -> dict:
         ref = refs.get((table.key, row, col))
         if s["n"] and ref and ref["value"] is not None:
             deltas.append(abs(to_paper_metric(s["mean"], s["cell"].metric, table.paper_metric) - ref["value"]))
-    reasons = sorted({s["reason"] for s in summaries.values() if not s["n"] and s["reason"]})
-    return dict(budget=budget, cells=len(summaries), not_run=reasons[0] if len(reasons) == 1 else "not run", ran=sum(1 for s in summaries.values() if s["n"]),
+    needs = []  # the missing pieces named by the cells' "not run: needs A; needs B" reasons, once each
+    for s in summaries.values():
+        if not s["n"] and s["reason"].startswith("not run: "):
+            needs += [n for n in s["reason"][len("not run: "):].split("; ") if n not in needs]
+    return dict(budget=budget, cells=len(summaries), not_run="not run" + (": " + "; ".join(needs) if needs else ""), ran=sum(1 for s in summaries.values() if s["n"]),
                 datasets=sorted({r["dataset"] for r in ran}), devices=sorted({r["device"] for r in ran if r["device"]}),
                 compared=len(deltas), mean_abs_delta=statistics.fmean(deltas) if deltas else None,
                 transcribed=sum(1 for k, r in refs.items() if k[0] == table.key and r["value"] is not None))
