@@ -110,8 +110,8 @@ def _loads_in_one_process(runs: Path) -> None:
         saved = load_checkpoint(result_file.parent / "model.pt")
         create_model(config["model"], num_classes=result["num_classes"]).load_state_dict(
             saved["models"][result["model_names"][0]])
-        last = load_checkpoint(result_file.parent / "last.pt")
-        if any(k.startswith("module.") for k in last["model"]):
+        last = load_checkpoint(result_file.parent / "last.pt")  # None once finished (see runner._train)
+        if last is not None and any(k.startswith("module.") for k in last["model"]):
             raise SystemExit(f"ddp-smoke: {result_file.parent / 'last.pt'} holds the DDP wrapper's keys")
 
 

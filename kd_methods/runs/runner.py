@@ -158,7 +158,8 @@ def _train(cfg: dict, ctx: RunContext) -> None:
         # says "running", and a kill in between resumes from the final checkpoint with nothing to train.
         store.update_manifest(run_id, status="finished", ended_at=result["finished_at"], wall_s=result["wall_s"])
         write_json(run_dir / "result.json", result)
-        prev = run_dir / "last.pt.prev"
-        if prev.exists():
-            prev.unlink()
+        # Finished: the training checkpoints (weights + optimizer state, twice model.pt) go; model.pt,
+        # metrics.csv and result.json hold everything a report or a student needs.
+        for name in ("last.pt", "last.pt.prev"):
+            (run_dir / name).unlink(missing_ok=True)
     dist.barrier()

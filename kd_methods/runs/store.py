@@ -4,7 +4,7 @@ A run lives in `<runs_dir>/<run_id>/`:
   config.json     the resolved config (what the id hashes)
   manifest.json   git commit, versions, device, start/end times, status (running|finished|failed)
   metrics.csv     one row per epoch
-  last.pt         the latest checkpoint (+ last.pt.prev, the one before)
+  last.pt         the latest checkpoint (+ last.pt.prev, the one before); removed once the run finishes
   model.pt        the final weights of the method's eval models (what a later run loads as teacher)
   result.json     final metrics; its presence marks the run finished
 
