@@ -18,8 +18,10 @@ bn     KD between CIFAR ResNets, which have batch norm. Each rank normalises its
        sides follow different trajectories from the first step and only agree statistically. Measured
        over seeds 0-3 (1 vs 2 processes, same seed): last-epoch loss 1.2-4.9% apart, top-1 error
        0.4-4.7 points apart on 512 test images; on one process, changing the seed alone moves the loss
-       by up to 5.2% and the error by up to 11.9 points. Tolerances: 10% and 8 points. This check only
-       catches gross breakage (batch-norm buffers, evaluation across ranks); `exact` is the precise one.
+       by up to 5.2% and the error by up to 11.9 points; with channels_last on the CPU (since 2026-12-01)
+       seed 0 came out 5.2% and 9.96 points apart. Tolerances: 10% and 15 points, above that seed-to-seed
+       spread. This check only catches gross breakage (batch-norm buffers, evaluation across ranks);
+       `exact` is the precise one.
 
 Both also require that rank 0 alone wrote the results (one row in runs.csv) and that every model the
 2-process job saved loads, strictly, into a model built in this single process (no "module." prefixes).
@@ -78,7 +80,7 @@ BN = Check("bn", textwrap.dedent("""
     train_subset: 512
     test_subset: 512
     train: {length: 2, unit: epoch, optim: {lr: 0.05, milestones: [1]}}
-"""), loss_rtol=0.10, err_atol=8.0, every_epoch=False)
+"""), loss_rtol=0.10, err_atol=15.0, every_epoch=False)
 
 CHECKS = {c.name: c for c in (EXACT, BN)}
 
