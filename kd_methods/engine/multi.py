@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from typing import Any, Callable, Sequence
 
 import torch
@@ -133,7 +134,9 @@ class ParallelForward:
         device_type = x.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
         fn, params, buffers = self._stack(dtype)
-        out = fn(params, buffers, x if dtype is None else x.to(dtype))
+        with warnings.catch_warnings():  # functorch's "no batching rule" note: "auto" measures the cost
+            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet")
+            out = fn(params, buffers, x if dtype is None else x.to(dtype))
         return [_index(out, i) for i in range(len(self.modules))]
 
     def _streams_run(self, x: Tensor) -> list:
