@@ -169,12 +169,12 @@ class EngineStep:
     losses summed, zero_grad / backward / optimizer step, the loss added to an on-device total."""
 
     def __init__(self, distiller, stage_name: Optional[str], loader, settings: Settings, *,
-                 channels_last: Optional[bool] = None, amp: Optional[bool] = None, compile: bool = False):
+                 channels_last: bool = True, amp: Optional[bool] = None, compile: bool = False):
         from .engine.optim import set_lr
         from .methods import StepContext
 
         self.distiller = distiller.to(settings.device)
-        if channels_last if channels_last is not None else True:  # as the engine: channels_last always
+        if channels_last:  # the engine's default
             self.distiller.to(memory_format=torch.channels_last)
         if compile:
             for m in [distiller.student, *distiller.teachers]:

@@ -83,13 +83,18 @@ def table_status(paper, table, rows: list[dict], refs: dict) -> dict:
     for s in summaries.values():
         if not s["n"] and s["reason"].startswith("not run: "):
             needs += [n for n in s["reason"][len("not run: "):].split("; ") if n not in needs]
-    return dict(budget=budget, cells=len(summaries), not_run="not run" + (": " + "; ".join(needs) if needs else ""), ran=sum(1 for s in summaries.values() if s["n"]),
-                datasets=sorted({r["dataset"] for r in ran}), devices=sorted({r["device"] for r in ran if r["device"]}),
+    return dict(budget=budget, cells=len(summaries), ran=sum(1 for s in summaries.values() if s["n"]),
+                not_run="not run" + (": " + "; ".join(needs) if needs else ""),
+                datasets=sorted({r["dataset"] for r in ran}),
+                devices=sorted({r["device"] for r in ran if r["device"]}),
                 compared=len(deltas), mean_abs_delta=statistics.fmean(deltas) if deltas else None,
                 transcribed=sum(1 for k, r in refs.items() if k[0] == table.key and r["value"] is not None))
 
 
-def render_paper(paper, results_dir: Path = Path("results"), runs_dir: Path = Path("runs")) -> list[Path]:
+def render_paper(paper, results_dir: Path = Path("results"), runs_dir: Path = Path("runs"),
+                 index: bool = True) -> list[Path]:
+    """Every table and plot of `paper`; then results/README.md unless `index` is False (render_all
+    writes it once after all papers)."""
     from benchmarks.core import load_references
 
     out_dir = Path(results_dir) / paper.key
@@ -107,14 +112,15 @@ def render_paper(paper, results_dir: Path = Path("results"), runs_dir: Path = Pa
         path = out_dir / f"{plot.key}.png"
         plot.draw(paper=paper, rows=rows, budget=budget, runs_dir=Path(runs_dir), path=path)
         written.append(path)
-    write_index(Path(results_dir))
+    if index:
+        write_index(Path(results_dir))
     return written
 
 
 def render_all(papers, results_dir: Path = Path("results"), runs_dir: Path = Path("runs")) -> None:
     from benchmarks import get_paper
     for key in papers:
-        render_paper(get_paper(key), results_dir, runs_dir)
+        render_paper(get_paper(key), results_dir, runs_dir, index=False)
     write_index(Path(results_dir))
 
 

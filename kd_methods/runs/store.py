@@ -17,7 +17,6 @@ import csv
 import fcntl
 import io
 import json
-import os
 import platform
 import socket
 import subprocess
