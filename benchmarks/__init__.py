@@ -26,7 +26,7 @@ def cell_label(cell: Cell) -> str:
 
 
 def reproduce(key: str, budget: str = "paper", data: str = "auto", data_root: str = "data", ctx=None,
-              tables=None) -> None:
+              tables=None, seeds: int | None = None) -> None:
     from kd_methods.engine import distributed as dist
     from kd_methods.report import render_paper
     from kd_methods.runs.preflight import preflight
@@ -35,7 +35,7 @@ def reproduce(key: str, budget: str = "paper", data: str = "auto", data_root: st
 
     ctx = ctx or RunContext()
     paper = get_paper(key)
-    planned = plan(paper, budget, data, data_root, tables)
+    planned = plan(paper, budget, data, data_root, tables, seeds)
     runnable = [p for p in planned if not p[3]]
     preflight(cfg for _, _, cfgs, _ in runnable for cfg in cfgs)
     ctx.log(f"{paper.title}: {len(planned)} cells, {len(runnable)} runnable at budget '{budget}'")

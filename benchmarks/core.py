@@ -47,10 +47,12 @@ class Table:
 
 @dataclass
 class Plot:
-    """A figure made from finished runs: `draw(paper, lookup, path)` where lookup(spec) -> run folder."""
+    """A figure made from finished runs: `draw(paper, rows, budget, runs_dir, path)`. `tables`: the
+    tables it draws from, whose most faithful budget it shows (empty: every table of the paper)."""
     key: str
     title: str
     draw: Callable
+    tables: tuple[str, ...] = ()
 
 
 @dataclass
@@ -102,18 +104,21 @@ def dataset_available(dataset: str, data_root: str) -> bool:
     return marker is None or marker.exists()
 
 
-def cell_specs(cell: Cell, budget: str) -> list[ExperimentSpec]:
-    b = get_budget(budget)
-    return cell.specs[: b.max_seeds] if b.max_seeds else list(cell.specs)
+def cell_specs(cell: Cell, budget: str, seeds: int | None = None) -> list[ExperimentSpec]:
+    """The cell's specs the budget trains: its first `seeds` (default: the budget's cap, if any)."""
+    cap = seeds or get_budget(budget).max_seeds
+    return cell.specs[:cap] if cap else list(cell.specs)
 
 
-def plan(paper: Paper, budget: str, data: str, data_root: str, tables=None) -> list[tuple[Table, Cell, list[dict], str]]:
-    """Every cell with its resolved configs, and why it cannot run ('' when it can)."""
+def plan(paper: Paper, budget: str, data: str, data_root: str, tables=None,
+         seeds: int | None = None) -> list[tuple[Table, Cell, list[dict], str]]:
+    """Every cell with its resolved configs, and why it cannot run ('' when it can). `seeds` overrides
+    the budget's cap on seeds per cell (a cell never trains more seeds than it lists)."""
     chosen = [t for t in paper.tables if not tables or t.key in tables]
     out = []
     for table in chosen:
         for cell in table.cells:
-            cfgs = [resolve(s, budget, data=data, data_root=data_root) for s in cell_specs(cell, budget)]
+            cfgs = [resolve(s, budget, data=data, data_root=data_root) for s in cell_specs(cell, budget, seeds)]
             missing = sorted({c["dataset"] for c in _all_configs(cfgs)
                               if c["dataset"] in NEEDS_REAL_DATA and not dataset_available(c["dataset"], data_root)})
             weights = sorted({t["pretrained"]["path"] for c in _all_configs(cfgs) for t in c["teachers"]

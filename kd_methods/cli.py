@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="train every missing run of a paper's tables, then render its report")
     p.add_argument("paper", choices=PAPERS)
     p.add_argument("--tables", nargs="*", default=None, help="only these tables (e.g. table1 table2)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="train at most this many seeds per cell, overriding the budget's cap (short: 2, smoke: 1); "
+                        "a cell never trains more seeds than it lists")
     _common(p)
 
     p = sub.add_parser("report", help="re-render tables and plots from results/<paper>/runs.csv")
@@ -109,8 +112,11 @@ def cmd_run(args) -> int:
 
 def cmd_reproduce(args) -> int:
     from benchmarks import reproduce
+    from .errors import ConfigError
+    if args.seeds is not None and args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     reproduce(args.paper, budget=args.budget, data=args.data, data_root=args.data_root,
-              ctx=_context(args), tables=args.tables)
+              ctx=_context(args), tables=args.tables, seeds=args.seeds)
     return 0
 
 

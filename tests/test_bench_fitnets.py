@@ -30,16 +30,30 @@ FITNET4 = "FitNet 4 (19 layers, ~2.5M params, HT + KD)"
 def test_every_cell_resolves_and_runs_everywhere(paper, budget):
     planned = plan(paper, budget, "auto", "data")
     assert len(planned) == 2 + 2 + 2 + 4 + 5
+    student_seeds = {"smoke": 1, "short": 2, "paper": 3}[budget]   # Table 4's students; every other cell: 1
     for table, c, cfgs, why in planned:
-        assert why == "" and len(cfgs) == 1, (table.key, cell_label(c))
+        mnist_student = table.key == "table4" and c.row.startswith("FitNet")
+        assert why == "" and len(cfgs) == (student_seeds if mnist_student else 1), (table.key, cell_label(c))
+        assert [cfg["seed"] for cfg in cfgs] == list(range(len(cfgs)))
+
+
+def test_seeds_option_overrides_the_budget_cap(paper):
+    counts = {(t.key, c.row): len(cfgs) for t, c, cfgs, _ in plan(paper, "short", "auto", "data", ["table4"], 3)}
+    assert counts == {("table4", "Teacher (maxout, ~361K params)"): 1,
+                      ("table4", "FitNet (~30K params), standard backprop"): 3,
+                      ("table4", "FitNet (~30K params), KD"): 3, ("table4", "FitNet (~30K params), HT + KD"): 3}
+    # every seed's student is taught by the one teacher run
+    teachers = {cfg["teachers"][0]["run_id"] for t, c, cfgs, _ in plan(paper, "short", "auto", "data", ["table4"], 3)
+                for cfg in cfgs if cfg["teachers"]}
+    assert len(teachers) == 1
 
 
 def test_distinct_runs_of_the_graph(paper):
     # Tables 1-3: teacher + FitNet 4 each; Table 4: teacher, scratch, KD, HT+KD; Table 5: FitNets 1-3 (its
     # teacher and FitNet 4 are Table 1's).
-    for budget in ("smoke", "paper"):
+    for budget, students in (("smoke", 1), ("paper", 3)):
         cfgs = [c for _, _, cs, _ in plan(paper, budget, "auto", "data") for c in cs]
-        assert len({c["run_id"] for c in walk(cfgs)}) == 2 + 2 + 2 + 4 + 3
+        assert len({c["run_id"] for c in walk(cfgs)}) == 2 + 2 + 2 + (1 + 3 * students) + 3
 
 
 def test_smoke_swaps_in_synthetic_data(paper):

@@ -69,6 +69,18 @@ def fast_device(device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
 
 
+def use_channels_last(opts: EngineOptions, networks) -> bool:
+    """channels_last on every device (oneDNN's convolutions are NHWC-native: 1.28x in fp32, kd-bench
+    bench), unless a network of the run declares itself slower in it (`prefers_channels_last`)."""
+    return opts.channels_last and all(getattr(m, "prefers_channels_last", True)
+                                      for net in networks for m in net.modules())
+
+
+def precision(opts: EngineOptions, device: torch.device) -> str:
+    """What a run's arithmetic was: bf16 autocast or fp32 (reports name it beside the hardware)."""
+    return "bf16" if opts.amp and fast_device(device) else "fp32"
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
@@ -177,7 +189,7 @@ def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineO
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = None
     distiller.to(device)
-    if opts.channels_last:  # CPU too: oneDNN's convolutions are NHWC-native (1.28x in fp32, kd-bench bench)
+    if use_channels_last(opts, [distiller, *teachers]):
         distiller.to(memory_format=torch.channels_last)
     if opts.compile:
         for m in [distiller.student, *distiller.teachers]:
@@ -185,7 +197,7 @@ def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineO
                 m.compile()
     plans = plan_stages(distiller, cfg, len(data.train))
     lr_mult = dist.world_size() if cfg["lr_scaling"] == "linear" else 1.0
-    fast = opts.amp and fast_device(device)
+    fast = precision(opts, device) == "bf16"
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if fast else nullcontext()
 
     ckpt_path = run_dir / "last.pt"

@@ -43,6 +43,8 @@ class ClassifierNet(nn.Module):
 
     feature_points: dict[str, str] = {}
     feature_points_preact: dict[str, str] | None = None
+    # The engine trains in channels_last unless a network of the run says it is slower for it.
+    prefers_channels_last: bool = True
 
     def __init__(self, num_classes: int, num_features: int, drop_rate: float = 0.0,
                  fc_features: int | None = None):

@@ -45,6 +45,10 @@ FITNET_PLAN = [(ConvSpec(16, 5, 0), 2), (ConvSpec(16, 3, 0, (4, 2)), 2), (ConvSp
 class MnistMaxoutNet(ClassifierNet):
     """Maxout convs with per-layer pieces -> flatten -> linear classifier (the softmax layer)."""
 
+    # 1-channel 28x28 inputs and narrow maps: on a 2-core EPYC with bf16, 100 real-MNIST steps took
+    # 10.5 s (FitNet) and 18.5 s (teacher) in channels_last, 7.0 s and 14.5 s in NCHW.
+    prefers_channels_last = False
+
     def __init__(self, plan: Sequence[tuple[ConvSpec, int]], num_classes: int = 10, in_chans: int = 1,
                  img_size: int | Sequence[int] = 28, drop_rate: float = 0.0):
         height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)[-2:]

@@ -21,9 +21,10 @@ def finished(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r.get("status") == "finished"]
 
 
-def chosen_budget(rows: list[dict]) -> str | None:
-    """The most faithful budget with finished runs: paper, else short, else smoke."""
-    present = {r["budget"] for r in finished(rows)}
+def chosen_budget(rows: list[dict], tables=()) -> str | None:
+    """The most faithful budget with finished runs (of `tables`, default all): paper, else short, else
+    smoke. Each table shows its own: one table run at `short` on real data does not hide another's."""
+    present = {r["budget"] for r in finished(rows) if not tables or r["table"] in tables}
     return next((b for b in BUDGET_ORDER if b in present), None)
 
 
@@ -71,7 +72,7 @@ def table_status(paper, table, rows: list[dict], refs: dict) -> dict:
     """One line of the results index: what ran, on what, and how far from the paper."""
     from .markdown import to_paper_metric
 
-    budget = chosen_budget(rows)
+    budget = chosen_budget(rows, (table.key,))
     summaries = table_summaries(table, rows, budget)
     ran = [r for s in summaries.values() for r in s["rows"]]
     deltas = []
@@ -100,17 +101,18 @@ def render_paper(paper, results_dir: Path = Path("results"), runs_dir: Path = Pa
     out_dir = Path(results_dir) / paper.key
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = read_results(out_dir / "runs.csv")
-    budget = chosen_budget(rows)
     refs = load_references(paper.key)
     written = []
     for table in paper.tables:
+        budget = chosen_budget(rows, (table.key,))
         text = render_table_markdown(paper, table, table_summaries(table, rows, budget), refs, budget)
         path = out_dir / f"{table.key}.md"
         write_text(path, text)
         written.append(path)
     for plot in paper.plots:
         path = out_dir / f"{plot.key}.png"
-        plot.draw(paper=paper, rows=rows, budget=budget, runs_dir=Path(runs_dir), path=path)
+        plot.draw(paper=paper, rows=rows, budget=chosen_budget(rows, plot.tables), runs_dir=Path(runs_dir),
+                  path=path)
         written.append(path)
     if index:
         write_index(Path(results_dir))

@@ -16,7 +16,7 @@ import torch
 
 from ..engine import distributed as dist
 from ..engine.checkpoint import load_checkpoint, load_verified, remove_temporaries, save_atomic
-from ..engine.trainer import EngineOptions, pick_device, train_run
+from ..engine.trainer import EngineOptions, pick_device, precision, train_run
 from ..errors import CheckpointError, NumericalFault, UserError
 from ..models import create_model
 from .store import RunStore, append_results_row, device_name, write_json
@@ -144,7 +144,7 @@ def _train(cfg: dict, ctx: RunContext) -> None:
         if dist.is_main():
             store.update_manifest(run_id, status="failed", failure=str(e),
                                   ended_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-            record(cfg, dict(device=device_name(device)), ctx, status="failed")
+            record(cfg, dict(device=device_name(device, precision(ctx.opts, device))), ctx, status="failed")
         raise
     except UserError:  # bad input found by the engine (data, checkpoint): leave the folder as it was
         if dist.is_main():
@@ -153,7 +153,7 @@ def _train(cfg: dict, ctx: RunContext) -> None:
     if dist.is_main():
         save_atomic(dict(models=out["models"]), run_dir / "model.pt", keep_previous=False)
         result = _summary(cfg, out["history"], time.time() - t0, out["model_names"], out["num_classes"],
-                          device_name(device))
+                          device_name(device, precision(ctx.opts, device)))
         # The manifest before result.json (the mark of a finished run): a finished run's manifest never
         # says "running", and a kill in between resumes from the final checkpoint with nothing to train.
         store.update_manifest(run_id, status="finished", ended_at=result["finished_at"], wall_s=result["wall_s"])

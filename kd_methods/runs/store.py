@@ -83,12 +83,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def device_name(device: torch.device) -> str:
-    """What trained a run, for reports: the GPU model, or the CPU model and threads; x N under DDP."""
+def device_name(device: torch.device, precision: str = "") -> str:
+    """What trained a run, for reports: the GPU model, or the CPU model and threads; then the arithmetic
+    (bf16 autocast or fp32: a CPU without native bf16 trains in fp32); x N under DDP."""
     from ..engine.distributed import world_size
 
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"{cpu_model()}, {torch.get_num_threads()} threads")
+    name += f", {precision}" if precision else ""
     return name + (f" x {world_size()} processes" if world_size() > 1 else "")
 
 
