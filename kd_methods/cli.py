@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .errors import NumericalFault, UserError
 
-PAPERS = ("feed", "dml", "fitnets", "fsp", "tsd")
+PAPERS = ("feed", "dml", "fitnets", "fsp", "tsd", "claims")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
