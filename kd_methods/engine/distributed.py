@@ -70,7 +70,7 @@ class _TrainStep(nn.Module):
 
     def forward(self, images, targets, ctx):
         logits, losses = self.distiller(images, targets, ctx)
-        return logits.detach(), losses
+        return (None if logits is None else logits.detach()), losses
 
 
 def wrap(distiller: nn.Module, device: torch.device) -> nn.Module:
