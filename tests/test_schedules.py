@@ -15,7 +15,6 @@ from kd_methods.models import create_model
 from kd_methods.runs.spec import ExperimentSpec, Optim, Phase, resolve
 
 CPU = EngineOptions(device="cpu", progress=False)
-SPE = 4  # steps per epoch: 128 images in batches of 32
 
 
 def iters(length: int, lr: float, milestones: list[int]) -> Phase:
@@ -23,8 +22,9 @@ def iters(length: int, lr: float, milestones: list[int]) -> Phase:
 
 
 def config(**kw) -> dict:
+    """4 steps per epoch: 128 images in batches of 32 (test_engine's shapes, whose kernels are built)."""
     return resolve(ExperimentSpec(**dict(dict(model="cifar_resnet8", dataset="synthetic10", batch_size=32,
-                                              train_subset=128, test_subset=32, seed=5), **kw)))
+                                              train_subset=128, test_subset=64, seed=5), **kw)))
 
 
 class StepLog:
@@ -87,13 +87,13 @@ def test_learning_rate_of_every_step_follows_milestones_in_iterations(tmp_path):
 def two_stages() -> dict:
     """FSP: stage 1 ends at its 6th iteration, mid-way through its second epoch; stage 2 then runs 5."""
     return config(model="cifar_resnet8", method="fsp",
-                  teachers=[ExperimentSpec(model="cifar_resnet14", dataset="synthetic10")],
+                  teachers=[ExperimentSpec(model="cifar_resnet8", dataset="synthetic10")],
                   stages={"fsp": iters(6, 1e-4, [5]), "train": iters(5, 0.1, [2])})
 
 
 def fsp_teacher():
     torch.manual_seed(0)
-    return create_model("cifar_resnet14", num_classes=10)
+    return create_model("cifar_resnet8", num_classes=10)
 
 
 def test_a_stage_ends_at_its_last_iteration_mid_epoch_and_the_next_starts_its_own_schedule(tmp_path):
