@@ -114,6 +114,19 @@ def test_init_student_refuses_weights_that_do_not_fit_or_do_not_match_their_chec
         init_student(create_model("cifar_resnet8", num_classes=10), dict(init, sha256="0" * 64), 10)
 
 
+def test_the_backend_follows_the_device_even_on_a_gpu_node(monkeypatch):
+    """NCCL takes CUDA tensors only: `--device cpu` under torchrun on a GPU node must join with gloo."""
+    chosen = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: None)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend: chosen.append(backend))
+    monkeypatch.setattr(dist, "is_distributed", lambda: False)
+    for device in ("cpu", "auto", "cuda", "cuda:1"):
+        dist.init_from_env(device)
+    assert chosen == ["gloo", "nccl", "nccl", "nccl"]
+
+
 def test_a_lost_peer_is_recognised_and_the_other_rank_named(monkeypatch):
     gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [::1]:29500")
     assert dist.is_peer_failure(gloo) and dist.is_peer_failure(torch.distributed.DistBackendError("NCCL error"))
@@ -162,7 +175,7 @@ from kd_methods.engine import distributed as dist
 from kd_methods.methods import StepContext, build_method
 from kd_methods.models import create_model
 
-dist.init_from_env()
+dist.init_from_env("cpu")
 torch.manual_seed(0)
 teacher = create_model("cifar_resnet14", num_classes=10)
 d = build_method("fsp", create_model("cifar_resnet8", num_classes=10), [teacher], num_classes=10)

@@ -109,7 +109,7 @@ from kd_methods.data.tensor_loader import TensorLoader
 from kd_methods.engine import distributed as dist
 from kd_methods.engine.metrics import evaluate_model
 
-dist.init_from_env()
+dist.init_from_env("cpu")
 torch.manual_seed(0)
 head = torch.nn.Linear(3 * 4 * 4, 7)
 
