@@ -49,7 +49,8 @@ def evaluate_model(model, loader, autocast) -> dict[str, float]:
         totals = batch if totals is None else totals + batch
     model.train(was_training)
     if totals is None:  # this rank's block of the test set is empty; the others still need its zeros
-        totals = torch.zeros(4, dtype=torch.float64, device=getattr(loader, "device", None) or dist.local_device())
+        device = getattr(loader, "device", None) or dist.local_device()
+        totals = torch.zeros(4, dtype=torch.float64, device=device)
     totals = dist.all_reduce_sum(totals)
     correct1, correct5, entropy, n = totals.tolist()
     return dict(top1_err=round(100 * (1 - correct1 / n), 4), top5_err=round(100 * (1 - correct5 / n), 4),

@@ -240,7 +240,7 @@ class FitNets(Distiller):
         return start + (end - start) * min(max(progress, 0.0), 1.0)
 
     def forward_train(self, images: Tensor, targets: Tensor, ctx: StepContext
-                      ) -> tuple[Tensor, dict[str, Tensor]]:
+                      ) -> tuple[Tensor | None, dict[str, Tensor]]:
         if ctx.stage.name == "hint":  # no logits: the student's forward stops at the guided layer
             _, guided = self.student_tap(images)
             _, hints = as_constant(self._teacher_forward(self.teacher_tap, images))

@@ -113,7 +113,7 @@ class FSP(Distiller):
         return pairs
 
     def forward_train(self, images: Tensor, targets: Tensor, ctx: StepContext
-                      ) -> tuple[Tensor, dict[str, Tensor]]:
+                      ) -> tuple[Tensor | None, dict[str, Tensor]]:
         if ctx.stage.name == "fsp":
             _, s_feats = self.student_tap(images)
             _, t_feats = as_constant(self._teacher_forward(self.teacher_tap, images))
