@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warnings(warnings.showwarning)
-            dist.init_from_env()
+            dist.init_from_env(getattr(args, "device", "auto"))
             status = COMMANDS[args.command](args)
         dist.shutdown()
         return status

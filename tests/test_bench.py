@@ -37,7 +37,8 @@ def test_quick_bench_writes_positive_timings_with_the_right_columns(quick_run):
     for r in rows:
         assert r["device"].startswith("cpu") and int(r["batch"]) == 8
         ms, ips = float(r["ms_per_step"]), float(r["img_per_s"])
-        assert ms > 0 and ips > 0 and math.isclose(ips, 8 / (ms / 1000), rel_tol=0.01)
+        # img_per_s is printed to 0.1: under load a step takes seconds and rounding alone is over 1%
+        assert ms > 0 and ips > 0 and math.isclose(ips, 8 / (ms / 1000), rel_tol=0.01, abs_tol=0.05)
         assert float(r["ms_min"]) <= float(r["ms_q1"]) <= ms <= float(r["ms_q3"]) <= float(r["ms_max"])
         assert r["mfu"] == "n/a"  # no MFU without a GPU
         if r["reference"]:

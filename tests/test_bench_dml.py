@@ -193,7 +193,11 @@ def test_reproduce_entropy_table_end_to_end(tmp_path):
     dml_row = next(r for r in rows if r["method"] == "dml")
     assert {"entropy", "net2_entropy", "net2_top1_err"} <= set(json.loads(dml_row["extra"]))
     text = (out / "entropy.md").read_text()
-    assert "1.71" in text and "0.26" in text   # the paper's values beside ours
+    (line,) = [line for line in text.splitlines() if line.startswith("| **ResNet-32** |")]
+    independent, dml = (next(r for r in rows if r["label"] == f"ResNet-32 | {c}") for c in ("Independent", "DML"))
+    for r, paper_value in ((independent, "0.26"), (dml, "1.71")):  # ours (n=1) beside the paper's value
+        ours = json.loads(r["extra"])["entropy"]
+        assert f"**{ours:.2f}** ± 0.00 (n=1)<br>paper: {paper_value}" in line
     for png in ("cohort", "dml_vs_dmle", "table2_gains"):
         assert (out / f"{png}.png").stat().st_size > 0
 

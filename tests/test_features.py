@@ -230,3 +230,27 @@ def test_a_module_that_runs_twice_is_rejected():
 def test_models_without_points_are_rejected():
     with pytest.raises(ConfigError, match="declares no feature points"):
         stage_points(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU()))
+
+
+def test_a_stopping_tap_ends_the_forward_at_its_last_point(resnet20):
+    """stop=True: the features are those of a full pass, nothing after the last point runs (for an ':in'
+    point, not even its module), and the tap and plain forwards still work afterwards."""
+    ran = []
+    handles = [m.register_forward_hook(lambda m, i, o, name=name: ran.append(name))
+               for name, m in resnet20.named_modules() if name in ("layer2", "layer3.0", "layer3", "fc")]
+    x = x32()
+    try:
+        _, full = tapped(resnet20, {"a": "layer1", "b": "layer2"}, x)
+        ran.clear()
+        with FeatureTap(resnet20, {"a": "layer1", "b": "layer2"}, stop=True) as tap:
+            out, early = tap(x)
+            assert out is None and ran == ["layer2"]
+            torch.testing.assert_close(early, full, rtol=0, atol=0)
+            ran.clear()
+            with FeatureTap(resnet20, {"c": "layer3.0:in"}, stop=True) as at_input:
+                assert at_input(x)[0] is None and ran == ["layer2"]
+            assert tap(x)[0] is None
+        assert resnet20(x).shape == (2, 10)
+    finally:
+        for h in handles:
+            h.remove()

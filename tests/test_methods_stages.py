@@ -510,3 +510,49 @@ def test_paper_pairs_train_two_sgd_steps(method, student, teachers, hp, lr):
         r = d.regressors["hint0"]
         assert r.activation == "maxout" and tuple(r.conv.kernel_size) == (2, 2)
     two_sgd_steps(d, *batch(n=2, num_classes=nc), lr)
+
+
+# -- every stage leaves the buffers of what it does not train as they were -----------------------
+
+STAGED = {"fitnets": ("cifar_resnet8", "cifar_resnet14", {}),
+          "fsp": ("cifar_wrn_16_2", "cifar_wrn_16_2", {}),   # pre-activation: a batch norm after stage 3
+          "ft": ("cifar_resnet8", "cifar_resnet14", {})}
+
+
+def buffer_owners(d):
+    """Every module (of the distiller and its teachers) holding buffers of its own."""
+    modules = [*d.modules(), *(m for t in d.teachers for m in t.modules())]
+    return [m for m in dict.fromkeys(modules) if next(m.buffers(recurse=False), None) is not None]
+
+
+def test_every_multi_stage_method_is_checked_for_buffers():
+    assert {name for name in METHODS if len(METHODS.get(name).stage_names) > 1} == set(STAGED)
+
+
+@pytest.mark.parametrize("method", sorted(STAGED))
+def test_a_stage_leaves_the_buffers_of_modules_it_does_not_train_unchanged(method):
+    """Two SGD steps per stage in train mode: a module none of whose own parameters received a gradient
+    (FitNets' layers above the guided one in the hint stage, the student in FT's paraphraser stage, the
+    final batch norm of a pre-activation net in FSP's stage 1, every teacher) keeps its batch-norm
+    statistics; the modules a stage trains do move theirs (so the check has teeth)."""
+    student, teacher, hp = STAGED[method]
+    d = build_method(method, model(student), [model(teacher, seed=1)], num_classes=NC, **hp)
+    x, y = batch(n=4)
+    moved_in_some_stage = False
+    for stage in d.stages():
+        d.train()
+        d.set_trainable(stage)
+        owners = buffer_owners(d)
+        before = [[b.clone() for b in m.buffers(recurse=False)] for m in owners]
+        opt = torch.optim.SGD(d.parameters_for(stage), lr=0.01)
+        for i in range(2):
+            opt.zero_grad(set_to_none=True)
+            _, losses = d(x, y, StepContext(stage, step=i, total_steps=2))
+            sum(losses.values()).backward()
+            opt.step()
+        for m, old in zip(owners, before):
+            trained = any(p.grad is not None for p in m.parameters(recurse=False))
+            same = all(torch.equal(a, b) for a, b in zip(old, m.buffers(recurse=False)))
+            assert trained or same, f"stage '{stage.name}' moved the buffers of {type(m).__name__} it does not train"
+            moved_in_some_stage |= trained and not same
+    assert moved_in_some_stage

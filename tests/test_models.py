@@ -1,7 +1,6 @@
 """The model zoo: published sizes, architecture details, timm registration and the factory."""
 import csv
 import math
-from pathlib import Path
 
 import pytest
 import timm
@@ -9,12 +8,13 @@ import torch
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.core import REFERENCES
+from benchmarks.fitnets import TRADEOFF
 from kd_methods.errors import CheckpointError, ConfigError
 from kd_methods.models import count_parameters, create_model
 from kd_methods.models.cifar_resnet import ZeroPadShortcut
 from kd_methods.models.fitnets import maxout
 
-TABLES = Path("/work/shared/paper_tables")
 PINNED = ["cifar_resnet8", "cifar_resnet14", "cifar_resnet20", "cifar_resnet26", "cifar_resnet32",
           "cifar_resnet56", "cifar_resnet110", "cifar_resnet8x4", "cifar_resnet32x4", "cifar_wrn_16_2",
           "cifar_wrn_40_2", "cifar_wrn_28_10", "cifar_resnext29_8x64d", "cifar_resnext29_16x64d",
@@ -49,9 +49,10 @@ def published(printed: str) -> float:
     return float(number[:-1]) * {"K": 1e3, "M": 1e6}[number[-1]]
 
 
-def read_rows(filename):
-    with open(TABLES / filename, newline="") as f:
-        return list(csv.DictReader(f))
+def published_sizes(paper: str, table: str) -> list[dict]:
+    """Rows of the papers' model sizes kept in the repository (benchmarks/references/model_sizes.csv)."""
+    with open(REFERENCES / "model_sizes.csv", newline="") as f:
+        return [r for r in csv.DictReader(f) if (r["paper"], r["table"]) == (paper, table)]
 
 
 # --- published parameter counts -------------------------------------------------------------------
@@ -81,7 +82,7 @@ def test_exact_counts_of_the_he_resnets_with_option_a_shortcuts():
 
 def test_dml_table1_parameter_counts_on_cifar100():
     ours = {"ResNet-32": "cifar_resnet32", "MobileNet": "cifar_mobilenet", "WRN-28-10": "cifar_wrn_28_10"}
-    rows = [r for r in read_rows("dml_table1_params.csv") if r["metric"] == "num_params"]
+    rows = [r for r in published_sizes("dml", "table1") if r["metric"] == "num_params"]
     assert {r["model"] for r in rows} - set(ours) == {"InceptionV1"}  # Market-1501 only, not in the zoo
     for row in rows:
         if row["model"] in ours:
@@ -94,11 +95,9 @@ FITNETS = {"Teacher": "fitnets_maxout_teacher", "FitNet 1": "fitnet1", "FitNet 2
 
 
 def fitnets_table5():
-    table = {}
-    for row in read_rows("fitnets_table5_cifar10_tradeoff.csv"):
-        table.setdefault(row["model"], {})[row["metric"]] = row["value"]
-    assert set(table) == set(FITNETS)
-    return table
+    """The paper's Table 5 as benchmarks/fitnets.py carries it: (#layers, #params, #mult, ...) per row."""
+    assert set(TRADEOFF) == set(FITNETS)
+    return {name: dict(zip(("num_layers", "num_params", "num_mult"), values)) for name, values in TRADEOFF.items()}
 
 
 @pytest.mark.parametrize("paper_name", list(FITNETS))
@@ -160,11 +159,28 @@ def test_classifier_api_reset_and_pre_logits():
     assert fitnet.forward_head(fitnet.forward_features(x), pre_logits=True).shape == (2, 500)
 
 
-def test_init_is_kaiming_normal_fan_out_and_unit_batchnorm():
-    model = timm.create_model("cifar_resnet20", num_classes=10)
-    conv = model.layer2[1].conv1  # 32 -> 32, fan_out = 32 * 9
-    assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (32 * 9)), rel=0.1)
-    assert conv.weight.mean().abs().item() < 0.01
+@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_wrn_16_2", "cifar_mobilenet"])
+def test_convs_are_kaiming_normal_fan_out_with_the_relu_gain_and_batchnorm_is_unit(name):
+    """Every conv's std is sqrt(2 / fan_out) (fan_out = out channels x kernel area, PyTorch's definition)
+    within 5 standard errors of a sample std, 5 / sqrt(2 n): the convs where fan-in differs from fan-out
+    (stem, stage transitions, depthwise) tell fan_out from fan_in mode, and the ReLU gain sqrt(2) from none.
+    Pooled, the weights divided by that std are standard normal: mean 0, excess kurtosis 0 (a uniform
+    init has -1.2) and 4.55% beyond 2 (a truncated normal has none); tolerances are > 10 standard errors."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert any(c.weight.shape[0] != c.weight.shape[1] for c in convs)  # fan_in != fan_out somewhere
+    pooled = []
+    for conv in convs:
+        w = conv.weight.detach().flatten().double()
+        std = math.sqrt(2.0 / (conv.weight.shape[0] * conv.weight[0, 0].numel()))
+        assert w.std().item() == pytest.approx(std, rel=5 / math.sqrt(2 * w.numel())), conv
+        pooled.append(w / std)
+    z = torch.cat(pooled)
+    assert z.numel() > 10_000 and abs(z.mean().item()) < 0.02
+    excess_kurtosis = ((z - z.mean()) ** 4).mean() / z.var() ** 2 - 3
+    assert abs(excess_kurtosis.item()) < 0.2
+    assert (z.abs() > 2).double().mean().item() == pytest.approx(0.0455, abs=0.008)
     for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
         assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
 

@@ -1,4 +1,6 @@
-"""The foundation's acceptance test: SIGKILL during epoch 2 of 3, same command again, same final metrics."""
+"""The foundation's acceptance test: SIGKILL during epoch 2 of 3, same command again, same final metrics;
+the rerun provably resumed (it found the checkpoint of epoch 1 and said so), it did not start over."""
+import csv
 import json
 import os
 import signal
@@ -8,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from kd_methods.engine.checkpoint import load_checkpoint
 
 CONFIG = """
 model: cifar_resnet8
@@ -54,8 +58,17 @@ def test_sigkill_in_epoch_two_then_rerun_matches_uninterrupted(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not list((tmp_path / "killed").glob("*/result.json")), "killed too late: the run had finished"
+    (run_dir,) = [m.parent for m in (tmp_path / "killed").glob("*/metrics.csv")]
+    found = load_checkpoint(run_dir / "last.pt")  # what the rerun will start from: epoch 1 (or 2), not 0
+    assert found is not None and 1 <= len(found["history"]) < 3
 
-    subprocess.run(command(tmp_path, "killed"), check=True, env=env, capture_output=True, timeout=600)
+    rerun = subprocess.run(command(tmp_path, "killed"), check=True, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert f"[resume] {run_dir.name}" in rerun.stdout
+    assert json.loads((run_dir / "manifest.json").read_text())["resumed"] == 1
+    with open(run_dir / "metrics.csv", newline="") as f:  # the killed process's epochs are kept as they were
+        kept = list(csv.DictReader(f))[:len(found["history"])]  # (wall_s included), not trained again
+    assert kept == [{k: str(v) for k, v in row.items()} for row in found["history"]]
     full, resumed = result(tmp_path, "full"), result(tmp_path, "killed")
     for key in ("top1_err", "top5_err", "best_top1_err", "epochs"):
         assert resumed[key] == full[key], key

@@ -44,11 +44,12 @@ def local_device() -> torch.device:
     return torch.device("cpu")
 
 
-def init_from_env() -> bool:
-    """Join the process group torchrun set up; True when running distributed."""
+def init_from_env(device: str = "auto") -> bool:
+    """Join the process group torchrun set up; True when running distributed. NCCL when the command
+    computes on GPUs, gloo on CPUs (`--device cpu` on a GPU node included: NCCL takes CUDA tensors only)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
         return is_distributed()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = "nccl" if torch.cuda.is_available() and not str(device).startswith("cpu") else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     tdist.init_process_group(backend=backend)
@@ -70,7 +71,7 @@ class _TrainStep(nn.Module):
 
     def forward(self, images, targets, ctx):
         logits, losses = self.distiller(images, targets, ctx)
-        return logits.detach(), losses
+        return (None if logits is None else logits.detach()), losses
 
 
 def wrap(distiller: nn.Module, device: torch.device) -> nn.Module:

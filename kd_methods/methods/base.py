@@ -2,7 +2,8 @@
 
 A method subclasses `Distiller`, registers itself in `METHODS`, and writes
 `forward_train(images, targets, ctx) -> (logits, {"loss_name": scalar, ...})`. The engine sums the
-returned losses, so a method never touches the optimiser. Multi-stage methods (FitNets hint training,
+returned losses, so a method never touches the optimiser (logits are None in a stage that computes none:
+FitNets' hint stage stops the student at its guided layer). Multi-stage methods (FitNets hint training,
 FSP stage 1, the FT paraphraser) declare their `stages()`: each stage names the parameter groups it
 trains (keys of `trainable_groups()`), and the engine gives each stage its own optimiser and schedule.
 

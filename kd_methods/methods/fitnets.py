@@ -4,7 +4,8 @@ A thin, deep student (the FitNet) is trained in two stages (Sec. 2.2-2.3, Algori
 
 1. Hint-based training. A *hint* layer h in the middle of the teacher guides a *guided* layer g in the
    middle of the student. A regressor r on top of the guided layer maps its output to the hint's shape,
-   and the student's layers up to g (W_Guided) and the regressor (W_r) minimise Eq. 3:
+   and the student's layers up to g (W_Guided) and the regressor (W_r) minimise Eq. 3 (the student's
+   forward pass stops at g: the layers above it are not part of this stage):
 
        L_HT = 1/2 || u_h(x) - r(v_g(x)) ||^2
 
@@ -202,8 +203,10 @@ class FitNets(Distiller):
             for k in self.hint_points})
         self._to_guided = modules_before(student, list(self.guided_points.values()), size)
         # Plain attributes, not submodules: the taps hold the networks, which must not be registered twice.
-        self.student_tap = FeatureTap(student, self.guided_points)
-        self.teacher_tap = FeatureTap(teacher, self.hint_points)
+        # Both stop at their last point: Eq. 3 involves W_Guided only, so the layers after the guided one
+        # neither run nor move their batch-norm statistics in the hint stage (nor the teacher's tail runs).
+        self.student_tap = FeatureTap(student, self.guided_points, stop=True)
+        self.teacher_tap = FeatureTap(teacher, self.hint_points, stop=True)
 
     def _as_list(self, key: str) -> list[str]:
         value = self.hp[key]
@@ -237,12 +240,12 @@ class FitNets(Distiller):
         return start + (end - start) * min(max(progress, 0.0), 1.0)
 
     def forward_train(self, images: Tensor, targets: Tensor, ctx: StepContext
-                      ) -> tuple[Tensor, dict[str, Tensor]]:
-        if ctx.stage.name == "hint":
-            logits, guided = self.student_tap(images)
+                      ) -> tuple[Tensor | None, dict[str, Tensor]]:
+        if ctx.stage.name == "hint":  # no logits: the student's forward stops at the guided layer
+            _, guided = self.student_tap(images)
             _, hints = as_constant(self._teacher_forward(self.teacher_tap, images))
             loss = sum(hint_loss(self.regressors[k](guided[k]), hints[k]) for k in self.hint_points)
-            return logits, {"loss_hint": loss}
+            return None, {"loss_hint": loss}
         logits = self.student(images)
         (teacher_logits,) = self.teacher_logits(images)
         t = float(self.hp["temperature"])

@@ -90,8 +90,10 @@ class FSP(Distiller):
                                   f"point (e.g. cifar_resnet26 -> cifar_resnet8)")
         names = list(s_points)
         self.pairs = list(zip(names[:-1], names[1:]))
-        self.student_tap = FeatureTap(student, s_points)
-        self.teacher_tap = FeatureTap(teacher, t_points)
+        # Stage 1 needs the section maps only: both forwards stop at the last one, so whatever follows it
+        # (a pre-activation net's final batch norm, the classifier) neither runs nor moves its statistics.
+        self.student_tap = FeatureTap(student, s_points, stop=True)
+        self.teacher_tap = FeatureTap(teacher, t_points, stop=True)
         if self.hp["shuffle"]:
             g = torch.Generator().manual_seed(int(self.hp["shuffle_seed"]))
             for i, (a, b) in enumerate(self.pairs):
@@ -111,11 +113,11 @@ class FSP(Distiller):
         return pairs
 
     def forward_train(self, images: Tensor, targets: Tensor, ctx: StepContext
-                      ) -> tuple[Tensor, dict[str, Tensor]]:
+                      ) -> tuple[Tensor | None, dict[str, Tensor]]:
         if ctx.stage.name == "fsp":
-            logits, s_feats = self.student_tap(images)
+            _, s_feats = self.student_tap(images)
             _, t_feats = as_constant(self._teacher_forward(self.teacher_tap, images))
             student_pairs = [(s_feats[a], s_feats[b]) for a, b in self.pairs]
-            return logits, {"loss_fsp": fsp_loss(student_pairs, self.teacher_pairs(t_feats))}
+            return None, {"loss_fsp": fsp_loss(student_pairs, self.teacher_pairs(t_feats))}
         logits = self.student(images)
         return logits, {"loss_ce": F.cross_entropy(logits, targets)}

@@ -57,6 +57,10 @@ def canonical_point(model: nn.Module, spec: str) -> str:
     return canonical + (":in" if where == "in" else "")
 
 
+class _AllCaptured(Exception):
+    """Raised by a `FeatureTap(stop=True)` hook once the last point is captured: it ends the forward pass."""
+
+
 class FeatureTap:
     """Capture named intermediate tensors while the model runs.
 
@@ -66,10 +70,15 @@ class FeatureTap:
     ``tap(x)``: calling the model directly while a tap is attached captures nothing, so a tap can stay
     on a network for its whole training. Use as a context manager or call ``remove()`` to take the
     hooks off.
+
+    With ``stop=True`` the forward pass ends as soon as every point is captured and ``tap(x)`` returns
+    ``(None, features)``: what follows the last point neither runs (its cost is saved) nor, in train mode,
+    updates its batch-norm statistics (a stage that trains a network up to a point, FitNets' hint stage).
     """
 
-    def __init__(self, model: nn.Module, points: Mapping[str, str]):
+    def __init__(self, model: nn.Module, points: Mapping[str, str], stop: bool = False):
         self.model = model
+        self.stop = stop
         self.points: dict[str, str] = {}  # name -> canonical point
         self._store: dict[str, Any] = {}
         self._active = False  # hooks record only inside __call__
@@ -96,6 +105,8 @@ class FeatureTap:
             raise ConfigError(f"module of feature point '{self.points[name]}' ran twice in one forward pass; "
                               "tap a module that runs once (for example its parent block)")
         self._store[name] = value
+        if self.stop and len(self._store) == len(self.points):
+            raise _AllCaptured
 
     def _input_hook(self, name: str, copy: bool):
         def hook(module: nn.Module, inputs: tuple) -> None:
@@ -117,7 +128,10 @@ class FeatureTap:
         self._store.clear()
         self._active = True
         try:
-            output = self.model(*args, **kwargs)
+            try:
+                output = self.model(*args, **kwargs)
+            except _AllCaptured:
+                output = None
             missing = [self.points[name] for name in self.points if name not in self._store]
             if missing:
                 raise ConfigError(f"feature points {', '.join(missing)} did not run in "

@@ -98,6 +98,14 @@ def check_run_folder(run_dir: Path) -> None:
         assert len(ckpt["history"]) - len(read_csv(run_dir / "metrics.csv")) in (0, 1)
 
 
+def assert_epochs_kept(run_dir: Path, found: dict) -> None:
+    """The epochs of checkpoint `found` (what a rerun started from) are in metrics.csv exactly as the killed
+    process wrote them, wall_s included: the rerun resumed from them instead of training them again."""
+    rows = read_csv(run_dir / "metrics.csv")[:len(found["history"])]
+    assert [{k: r[k] for k in h} for r, h in zip(rows, found["history"])] == [
+        {k: str(v) for k, v in h.items()} for h in found["history"]], "the rerun did not resume"
+
+
 def without_wall(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
 
