@@ -1,7 +1,9 @@
 """One module per paper (`feed`, `dml`, `fitnets`, `fsp`, `tsd`), each exposing `paper() -> Paper`.
 
-`reproduce(key, ...)` trains every missing run of the paper's tables (teachers first, each once;
-finished runs are reused, interrupted ones resume) and then renders the paper's report.
+`get_paper(key)` is the paper with its published values; `reproduce(key, ...)` trains every missing run
+of the paper's tables (teachers first, each once; finished runs are reused, interrupted ones resume) and
+then renders the paper's report; `render(keys, ...)` re-renders reports. The library (`kd_methods`)
+never imports this package: it takes a paper as data.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import dataclasses
 import importlib
 from pathlib import Path
 
-from .core import Cell, Paper, Plot, Table, generations, labelled, plan, seeds
+from .core import Cell, Paper, Plot, Table, cell_label, generations, labelled, load_references, plan, seeds
 
 PAPER_MODULES = ("feed", "dml", "fitnets", "fsp", "tsd")
 
@@ -18,11 +20,18 @@ def get_paper(key: str) -> Paper:
     if key not in PAPER_MODULES:
         from kd_methods.errors import ConfigError
         raise ConfigError(f"unknown paper '{key}'; use one of {', '.join(PAPER_MODULES)}")
-    return importlib.import_module(f"{__name__}.{key}").paper()
+    paper = importlib.import_module(f"{__name__}.{key}").paper()
+    return dataclasses.replace(paper, references=paper.references or load_references(key))
 
 
-def cell_label(cell: Cell) -> str:
-    return f"{cell.row} | {cell.col}"
+def all_papers() -> list[Paper]:
+    return [get_paper(key) for key in PAPER_MODULES]
+
+
+def render(keys=PAPER_MODULES, results_dir: Path = Path("results"), runs_dir: Path = Path("runs")) -> None:
+    """Re-render the reports of papers `keys` from their runs.csv, then the index of every paper."""
+    from kd_methods.report import render_all
+    render_all([get_paper(k) for k in keys], Path(results_dir), Path(runs_dir), index=all_papers())
 
 
 def reproduce(key: str, budget: str = "paper", data: str = "auto", data_root: str = "data", ctx=None,
@@ -51,8 +60,8 @@ def reproduce(key: str, budget: str = "paper", data: str = "auto", data_root: st
             cfg = dict(cfg, labels=dict(paper=paper.key, table=table.key, label=cell_label(cell)))
             execute(cfg, ctx)
     if dist.is_main():  # under torchrun every rank trains, rank 0 writes
-        render_paper(paper, results_dir=Path(ctx.results_dir), runs_dir=ctx.store.root)
+        render_paper(paper, results_dir=Path(ctx.results_dir), runs_dir=ctx.store.root, index=all_papers())
 
 
-__all__ = ["Cell", "Paper", "Plot", "Table", "generations", "labelled", "seeds", "get_paper", "reproduce",
-           "cell_label"]
+__all__ = ["Cell", "Paper", "Plot", "Table", "generations", "labelled", "seeds", "get_paper", "all_papers",
+           "reproduce", "render", "cell_label"]

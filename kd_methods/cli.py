@@ -121,8 +121,8 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import render_all
-    render_all(args.papers, results_dir=Path(args.results_dir), runs_dir=Path(args.runs_dir))
+    from benchmarks import render
+    render(args.papers, results_dir=Path(args.results_dir), runs_dir=Path(args.runs_dir))
     return 0
 
 
