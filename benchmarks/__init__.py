@@ -35,32 +35,28 @@ def render(keys=PAPER_MODULES, results_dir: Path = Path("results"), runs_dir: Pa
 
 
 def reproduce(key: str, budget: str = "paper", data: str = "auto", data_root: str = "data", ctx=None,
-              tables=None, seeds: int | None = None) -> None:
+              tables=None, seeds: int | None = None, executor=None) -> None:
+    """Train every missing run of paper `key` (`kd_methods.runs.reproduce`: sequential in this process
+    unless `executor` says otherwise), then render its report and the results index."""
     from kd_methods.engine import distributed as dist
     from kd_methods.report import render_paper
-    from kd_methods.runs.preflight import preflight
-    from kd_methods.runs.runner import RunContext, execute
-    from kd_methods.runs.store import append_results_row
+    from kd_methods.runs.reproduce import reproduce as train
+    from kd_methods.runs.runner import RunContext
+
+    from kd_methods.errors import RunsFailed
 
     ctx = ctx or RunContext()
     paper = get_paper(key)
-    planned = plan(paper, budget, data, data_root, tables, seeds)
-    runnable = [p for p in planned if not p[3]]
-    preflight(cfg for _, _, cfgs, _ in runnable for cfg in cfgs)
-    ctx.log(f"{paper.title}: {len(planned)} cells, {len(runnable)} runnable at budget '{budget}'")
-    for i, (table, cell, cfgs, why) in enumerate(planned, 1):
-        if why:
-            ctx.log(f"[skip] {table.key} {cell_label(cell)}: {why}")
-            if dist.is_main():
-                append_results_row(ctx.results_dir, paper.key, dict(
-                    run_id="-", paper=paper.key, table=table.key, label=cell_label(cell), budget=budget,
-                    status=f"not run: {why}"))
-            continue
-        for cfg in cfgs:
-            cfg = dict(cfg, labels=dict(paper=paper.key, table=table.key, label=cell_label(cell)))
-            execute(cfg, ctx)
-    if dist.is_main():  # under torchrun every rank trains, rank 0 writes
-        render_paper(paper, results_dir=Path(ctx.results_dir), runs_dir=ctx.store.root, index=all_papers())
+
+    def render():
+        if dist.is_main():  # under torchrun every rank trains, rank 0 writes
+            render_paper(paper, results_dir=Path(ctx.results_dir), runs_dir=ctx.store.root, index=all_papers())
+    try:
+        train(paper, budget, data, data_root, ctx, tables, seeds, executor)
+    except RunsFailed:  # the runs that finished are reported all the same
+        render()
+        raise
+    render()
 
 
 __all__ = ["Cell", "Paper", "Plot", "Table", "generations", "labelled", "seeds", "get_paper", "all_papers",

@@ -39,12 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .engine.flops import PEAK_BF16, count_flops, peak_bf16  # noqa: F401  (PEAK_BF16: the table MFU uses)
+
 COLUMNS = ["name", "device", "batch", "ms_per_step", "img_per_s", "ratio_vs_reference", "reference",
            "ms_q1", "ms_q3", "ms_min", "ms_max", "samples", "steps_per_sample", "mfu", "compile_s", "note"]
 
-# Dense bf16 tensor-core peak (FLOP/s) by device name; the first matching substring wins.
-PEAK_BF16 = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("GH200", 989e12), ("H100", 989e12),
-             ("H200", 989e12), ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12)]
 
 # Targets of issue #5, reported (never asserted).
 GPU_THROUGHPUT = [  # (case, model, batch, image size, target img/s)
@@ -620,20 +619,8 @@ def _autocast_available(device: torch.device) -> bool:
         return False
 
 
-def count_flops(step: Callable[[], None]) -> float:
-    """FLOPs of one step (forward and backward), counted by `torch.utils.flop_counter.FlopCounterMode`."""
-    from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
-    return float(counter.get_total_flops())
-
-
 def peak_flops(device: torch.device) -> Optional[float]:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_BF16 if key in name), None)
+    return peak_bf16(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -116,26 +116,36 @@ def cell_specs(cell: Cell, budget: str, seeds: int | None = None) -> list[Experi
 
 
 def plan_cells(paper: Paper, budget: str, data: str, data_root: str, tables=None,
-         seeds: int | None = None) -> list[tuple[Table, Cell, list[dict], str]]:
+               seeds: int | None = None) -> list[tuple[Table, Cell, list[dict], str]]:
     """Every cell with its resolved configs, and why it cannot run ('' when it can). `seeds` overrides
     the budget's cap on seeds per cell (a cell never trains more seeds than it lists)."""
+    unknown = [t for t in tables or () if t not in {table.key for table in paper.tables}]
+    if unknown:
+        from ..errors import ConfigError
+        from ..registry import closest
+        raise ConfigError(f"{paper.key} has no table '{unknown[0]}'{closest(unknown[0], [t.key for t in paper.tables])}; "
+                          f"its tables are {', '.join(t.key for t in paper.tables)}")
     chosen = [t for t in paper.tables if not tables or t.key in tables]
     out = []
     for table in chosen:
         for cell in table.cells:
             cfgs = [resolve(s, budget, data=data, data_root=data_root) for s in cell_specs(cell, budget, seeds)]
-            missing = sorted({c["dataset"] for c in _all_configs(cfgs)
-                              if c["dataset"] in NEEDS_REAL_DATA and not dataset_available(c["dataset"], data_root)})
-            weights = sorted({t["pretrained"]["path"] for c in _all_configs(cfgs) for t in c["teachers"]
-                              if "pretrained" in t and not Path(t["pretrained"]["path"]).is_file()})
-            reasons = []
-            if missing:
-                reasons.append(f"needs {', '.join(missing)} under {data_root}/ (not present)")
-            if weights:
-                reasons.append(f"needs pretrained weights {', '.join(weights)} (not present)")
-            why = "; ".join(reasons)
-            out.append((table, cell, cfgs, why))
+            out.append((table, cell, cfgs, missing_inputs(cfgs, data_root)))
     return out
+
+
+def missing_inputs(cfgs: list[dict], data_root: str) -> str:
+    """Why runs `cfgs` (and their teachers) cannot run here: datasets or weights files not present."""
+    missing = sorted({c["dataset"] for c in _all_configs(cfgs)
+                      if c["dataset"] in NEEDS_REAL_DATA and not dataset_available(c["dataset"], data_root)})
+    weights = sorted({t["pretrained"]["path"] for c in _all_configs(cfgs) for t in c["teachers"]
+                      if "pretrained" in t and not Path(t["pretrained"]["path"]).is_file()})
+    reasons = []
+    if missing:
+        reasons.append(f"needs {', '.join(missing)} under {data_root}/ (not present)")
+    if weights:
+        reasons.append(f"needs pretrained weights {', '.join(weights)} (not present)")
+    return "; ".join(reasons)
 
 
 def _all_configs(cfgs):
