@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..functional import hint_loss, kd_loss
-from ..models import FeatureTap, stage_points
+from ..models import FeatureTap, input_channels, stage_points
 from ..models.features import canonical_point, resolve_module
 from .base import METHODS, Distiller, Hyper, Stage, StepContext, as_constant
 
@@ -57,10 +57,12 @@ def resolve_point(model: nn.Module, point: str) -> str:
 
 
 def input_size(model: nn.Module, given: Sequence[int] | None) -> tuple[int, ...]:
-    """`given`, else the model's timm pretrained_cfg input size, else CIFAR's 3x32x32."""
+    """`given`, else the model's timm pretrained_cfg input size (else CIFAR's 32x32) with the channels the
+    network was built for (a CIFAR net built for 1-channel Fashion-MNIST probes with 1 channel)."""
     if given is not None:
         return tuple(given)
-    return tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 32, 32)))
+    _, *spatial = getattr(model, "pretrained_cfg", {}).get("input_size", (3, 32, 32))
+    return (input_channels(model), *spatial)
 
 
 class _DryRun:
