@@ -37,6 +37,7 @@ import torch
 from ..data import get_spec
 from ..engine.flops import count_flops, peak_bf16
 from .preflight import _num_classes, _teacher_key
+from .runner import image_channels
 
 FLOP_BATCH = 2                 # images in the counted batch (BatchNorm in train mode needs two)
 FAKE_ABOVE_PARAMS = 5_000_000  # count on fake tensors above this many parameters (all networks of a step)
@@ -196,19 +197,25 @@ def _networks(cfg: dict) -> tuple:
     built: dict[tuple, torch.nn.Module] = {}
     teachers = []
     for t in cfg["teachers"]:
-        key = _teacher_key(t)
+        key = _network(t)
         if key not in built:
-            built[key] = create_model(key[0], num_classes=key[1])
+            built[key] = create_model(*key[:2], in_chans=key[2])
         teachers.append(built[key])
-    student = create_model(cfg["model"], num_classes=n)
+    student = create_model(cfg["model"], n, in_chans=image_channels(cfg))
     return build_method(cfg["method"], student, teachers, n, **cfg["method_args"]), n
+
+
+def _network(t: dict) -> tuple[str, int, int]:
+    """(model, classes, image channels) of a teacher: a run's or a pretrained file's (3-channel)."""
+    return (t["pretrained"]["model"], t["pretrained"]["num_classes"], 3) if "pretrained" in t else \
+        (t["model"], _num_classes(t), image_channels(t))
 
 
 def _param_count(cfg: dict) -> int:
     from ..models import create_model
-    names = [(cfg["model"], _num_classes(cfg))] + list(dict.fromkeys(_teacher_key(t)[:2] for t in cfg["teachers"]))
+    nets = [(cfg["model"], _num_classes(cfg), image_channels(cfg))] + list(dict.fromkeys(map(_network, cfg["teachers"])))
     with torch.device("meta"):
-        return sum(p.numel() for name, n in names for p in create_model(name, num_classes=n).parameters())
+        return sum(p.numel() for name, n, c in nets for p in create_model(name, n, in_chans=c).parameters())
 
 
 def _count(cfg: dict) -> tuple[dict[str, float], float, str]:
@@ -268,7 +275,7 @@ def _plain_step_flops(model: str, num_classes: int, input_size: tuple) -> float:
     """FLOPs per image of a plain training step of `model` (counted on fake tensors)."""
     from ..models import create_model
     with torch.random.fork_rng(devices=[]), _Counting(), _fake():
-        net = create_model(model, num_classes=num_classes)
+        net = create_model(model, num_classes, in_chans=input_size[0])
         images, targets = torch.randn(FLOP_BATCH, *input_size), torch.arange(FLOP_BATCH) % num_classes
         return count_flops(lambda: torch.nn.functional.cross_entropy(net(images), targets).backward()) / FLOP_BATCH
 
@@ -283,7 +290,7 @@ def _measure(model: str, num_classes: int, input_size: tuple) -> Rate:
         return Rate(model, 0.0)
     batch = max(FLOP_BATCH, min(MEASURE_BATCH, int(MEASURE_MAX_FLOP // per_image)))
     with torch.random.fork_rng(devices=[]):
-        net = create_model(model, num_classes=num_classes)
+        net = create_model(model, num_classes, in_chans=input_size[0])
         images = torch.randn(batch, *input_size)
         targets = torch.arange(batch) % num_classes
         if use_channels_last(EngineOptions(), [net]):

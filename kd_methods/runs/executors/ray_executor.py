@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import traceback
 from pathlib import Path
 
@@ -83,6 +84,8 @@ class RayExecutor:
 
     def run(self, graph: RunGraph, ctx: RunContext, costs=None) -> list[Failure]:
         ray = import_ray()
+        if not sys.stdout.isatty():  # workers' log lines reach a file or a pipe: no colour codes
+            os.environ.setdefault("RAY_COLOR_PREFIX", "0")
         started = not ray.is_initialized()
         if started:
             ray.init(address=self.address, logging_level="warning", log_to_driver=True)
