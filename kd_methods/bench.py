@@ -716,11 +716,17 @@ def main(device: str = "auto", out: Path = Path("results/bench"), quick: bool = 
     else:
         b.skipped.append("GPU throughput cases (ResNet-56 b512, WRN-28-10, ResNeXt-29 16x64d, ResNet-34 224px): "
                          "skipped, no CUDA device")
+        b.skipped.append("k = 1, 2, 4 ResNet-56 runs packed on one GPU (runs per hour): skipped, no CUDA device")
     for line in b.skipped:
         log("  " + line)
     log(f"  {len(b.cases)} cases; warm-up {settings.warmup} steps each, then {settings.rounds} round-robin rounds")
     run_cases(b.cases, settings, b, log)
     table = rows(b.cases, settings)
+    if settings.cuda:  # after the timed cases: the packed processes need the whole GPU
+        from .packing import measure as measure_packing
+        log("  k = 1, 2, 4 ResNet-56 runs packed on one GPU")
+        b.packed = measure_packing(dev, seconds=5.0 if quick else 20.0, warmup=3 if quick else 10)
+        table += packing_rows(b.packed, describe_device(dev))
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "bench.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -795,10 +801,37 @@ def targets(table: list[dict], settings: Settings, names: dict[str, str]) -> lis
     return out
 
 
+def packing_section(packed: list[dict]) -> str:
+    if not packed:
+        return ""
+    body = [[r["k"], f"{r['img_per_s']:,.0f}", f"{r['runs_per_hour']:.2f}", f"{r['vs_one']:.2f}x"] for r in packed]
+    return f"""
+## Several runs on one GPU
+
+k processes each train {label(packed[0]['model'])} (batch {packed[0]['batch']}, the engine's step) on this GPU at
+once, as `kd-bench reproduce --executor ray --gpus-per-run 1/k` places them; each counts its steps in
+the same window. Runs per hour: all k processes' steps per second / the steps of one run (200 epochs of
+50,000 images, FEED's protocol). `kd_methods/packing.py`.
+
+{_md_table(["k runs on one GPU", "img/s (all k)", "runs/hour", "vs one run"], body)}
+"""
+
+
 def _md_table(header: list[str], body: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
     return "\n".join(lines)
+
+
+def packing_rows(packed: list[dict], device: str) -> list[dict]:
+    """bench.csv rows of `packing.measure`: ms/step is one process's, img/s all k processes' together."""
+    return [dict(name=f"pack {r['k']}x {label(r['model'])}", device=device, batch=r["batch"],
+                 ms_per_step=round(1000 * r["k"] / r["steps_per_s"], 3), img_per_s=round(r["img_per_s"], 1),
+                 ratio_vs_reference=_fmt(r["vs_one"], 3), reference=f"pack 1x {label(r['model'])}",
+                 ms_q1="", ms_q3="", ms_min="", ms_max="", samples=r["k"], steps_per_sample="", mfu="",
+                 compile_s="", note=f"{r['k']} runs in {r['k']} processes on one GPU: "
+                                    f"{r['runs_per_hour']:.2f} runs/hour (200 epochs of CIFAR at batch {r['batch']})")
+            for r in packed]
 
 
 def render_readme(table: list[dict], settings: Settings, builder: Builder, load_before, load_after,
@@ -897,7 +930,7 @@ written back). The DML method itself still runs its peers in a loop: choosing be
 measurement during training (the peers' BatchNorm statistics change with every extra forward pass)
 and, on CUDA, a bf16 path for the vmapped peers, since torch.func's vmap does not apply autocast.
 {strategy}
-
+{packing_section(getattr(builder, "packed", []))}
 Skipped here:
 
 {skipped}
