@@ -25,7 +25,7 @@ def reproduce(paper: Paper, budget: str = "paper", data: str = "auto", data_root
               ctx: RunContext | None = None, tables=None, seeds: int | None = None, executor=None,
               costs=None) -> RunGraph:
     """Train every missing run of `paper`'s tables (or of `tables`); returns the run graph. `costs`:
-    run id -> FLOPs from the plan, for an executor's ETA."""
+    run id -> FLOPs from the plan (or a function returning them), for an executor's ETA."""
     ctx = ctx or RunContext()
     planned = plan_cells(paper, budget, data, data_root, tables, seeds)
     runnable = [p for p in planned if not p[3]]
@@ -41,7 +41,7 @@ def reproduce(paper: Paper, budget: str = "paper", data: str = "auto", data_root
     graph = RunGraph.from_cells(paper.key, planned)
     executor = executor or Sequential()
     if costs is None and getattr(executor, "wants_costs", False):
-        costs = flops_left(graph, ctx)
+        costs = lambda: flops_left(graph, ctx)  # noqa: E731  (counted once the first runs train)
     failures = executor.run(graph, ctx, costs)
     if failures:
         for f in failures:

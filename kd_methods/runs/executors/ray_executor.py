@@ -83,19 +83,24 @@ class RayExecutor:
         self.retries = 3 if retries is None else retries
 
     def run(self, graph: RunGraph, ctx: RunContext, costs=None) -> list[Failure]:
+        if all(ctx.store.is_finished(r) for r in graph.nodes):  # nothing to train: no cluster needed
+            for cfg in graph.records:
+                record(cfg, ctx.store.result(cfg["run_id"]), ctx)
+            return []
         ray = import_ray()
         if not sys.stdout.isatty():  # workers' log lines reach a file or a pipe: no colour codes
             os.environ.setdefault("RAY_COLOR_PREFIX", "0")
         started = not ray.is_initialized()
-        if started:
-            ray.init(address=self.address, logging_level="warning", log_to_driver=True)
+        if started:  # a local instance lives as long as this command: no dashboard (`ray start` has one)
+            extra = {} if self.address else dict(include_dashboard=False)
+            ray.init(address=self.address, logging_level="warning", log_to_driver=True, **extra)
         try:
-            return self._run(ray, graph, ctx, costs or {})
+            return self._run(ray, graph, ctx, costs)
         finally:
             if started:
                 ray.shutdown()
 
-    def _run(self, ray, graph: RunGraph, ctx: RunContext, costs: dict) -> list[Failure]:
+    def _run(self, ray, graph: RunGraph, ctx: RunContext, costs) -> list[Failure]:
         store = ctx.store
         resources = ray.cluster_resources()
         gpus = self.gpus_per_run if self.gpus_per_run is not None else (1.0 if resources.get("GPU") else 0.0)
@@ -117,10 +122,11 @@ class RayExecutor:
             refs[run_id] = task.options(name=f"train {run_id}", **options).remote(
                 cfg, setup, *[refs[d] for d in node.deps if d in refs])
             pending[refs[run_id]] = run_id
-        progress = _Progress(graph, store, costs, slots, ctx.log)
         ctx.log(f"[ray] {len(pending)} of {len(graph.nodes)} runs to train on {_describe(resources)}; "
                 f"{self.cpus_per_run} CPU{'s' if self.cpus_per_run > 1 else ''}"
                 f"{f' and {gpus:g} GPU' if gpus else ''} per run, so {slots} at a time")
+        # The plan's FLOPs (for the ETA) are counted here while the first runs train, not before them.
+        progress = _Progress(graph, store, (costs() if callable(costs) else costs) or {}, slots, ctx.log)
         failures = []
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=PROGRESS_EVERY_S)
