@@ -1,4 +1,5 @@
-"""One module per paper (`feed`, `dml`, `fitnets`, `fsp`, `tsd`), each exposing `paper() -> Paper`.
+"""One module per paper (`feed`, `dml`, `fitnets`, `fsp`, `tsd`), each exposing `paper() -> Paper`, and
+`claims`: each paper's headline claim tested on real images at CPU scale.
 
 `get_paper(key)` is the paper with its published values; `reproduce(key, ...)` trains every missing run
 of the paper's tables (teachers first, each once; finished runs are reused, interrupted ones resume) and
@@ -11,9 +12,10 @@ import dataclasses
 import importlib
 from pathlib import Path
 
-from .core import Cell, Paper, Plot, Table, cell_label, generations, labelled, load_references, plan, seeds
+from .core import (Cell, Comparison, Paper, Plot, Table, cell_label, generations, labelled, load_references, plan,
+                   seeds)
 
-PAPER_MODULES = ("feed", "dml", "fitnets", "fsp", "tsd")
+PAPER_MODULES = ("feed", "dml", "fitnets", "fsp", "tsd", "claims")
 
 
 def get_paper(key: str) -> Paper:
@@ -59,5 +61,5 @@ def reproduce(key: str, budget: str = "paper", data: str = "auto", data_root: st
     render()
 
 
-__all__ = ["Cell", "Paper", "Plot", "Table", "generations", "labelled", "seeds", "get_paper", "all_papers",
-           "reproduce", "render", "cell_label"]
+__all__ = ["Cell", "Comparison", "Paper", "Plot", "Table", "generations", "labelled", "seeds", "get_paper",
+           "all_papers", "reproduce", "render", "cell_label"]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kd_methods.runs.tables import (Cell, Paper, Plot, Table, cell_label, cell_specs, dataset_available,
-                                    generations, labelled, plan_cells, read_references, seeds)
+from kd_methods.runs.tables import (Cell, Comparison, Paper, Plot, Table, cell_label, cell_specs,
+                                    dataset_available, generations, labelled, plan_cells, read_references, seeds)
 
 REFERENCES = Path(__file__).parent / "references"
 
@@ -21,5 +21,5 @@ def load_references(paper: str) -> dict[tuple[str, str, str], dict]:
     return read_references(REFERENCES / f"{paper}.csv")
 
 
-__all__ = ["Cell", "Paper", "Plot", "Table", "cell_label", "cell_specs", "dataset_available", "generations",
+__all__ = ["Cell", "Comparison", "Paper", "Plot", "Table", "cell_label", "cell_specs", "dataset_available", "generations",
            "labelled", "load_references", "plan", "plan_cells", "seeds", "REFERENCES"]

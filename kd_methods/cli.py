@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .errors import NumericalFault, RunsFailed, UserError
 
-PAPERS = ("feed", "dml", "fitnets", "fsp", "tsd")
+PAPERS = ("feed", "dml", "fitnets", "fsp", "tsd", "claims")
 
 
 def _selection(p: argparse.ArgumentParser) -> None:

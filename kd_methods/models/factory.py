@@ -59,6 +59,14 @@ def input_channels(model: nn.Module) -> int:
     return conv.in_channels if conv is not None else 3
 
 
+def probe_input_size(model: nn.Module) -> tuple[int, int, int]:
+    """(C, H, W) of a dry run that measures a network's feature maps: its timm pretrained_cfg size (else
+    CIFAR's 32x32) with the channels it was built for (a CIFAR net built for 1-channel Fashion-MNIST gets
+    1 channel)."""
+    _, *spatial = getattr(model, "pretrained_cfg", {}).get("input_size", (3, 32, 32))
+    return (input_channels(model), *spatial)
+
+
 def _unwrap(obj: Any) -> Mapping[str, torch.Tensor] | None:
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):
