@@ -36,6 +36,13 @@ def _reproduce(paper: str, root: Path, extra: list[str], threads: int | None = N
     return wall
 
 
+def _rows(root: Path, paper: str) -> list[dict]:
+    """runs.csv rows without their timings."""
+    from .runs.store import read_results
+    return [{k: v for k, v in r.items() if k not in ("wall_s", "finished_at")}
+            for r in read_results(root / "results" / paper / "runs.csv")]
+
+
 def _overhead(runs_dir: Path, n: int) -> dict:
     """Seconds per finished-run task on warm Ray workers, in process, and a cold worker's first task."""
     import ray
@@ -86,6 +93,7 @@ def main(argv=None) -> int:
         seq1 = _reproduce(args.paper, tmp / "sequential1", [], threads=1)
         par = _reproduce(args.paper, tmp / "ray", ["--executor", "ray", "--cpus-per-run", "1"])
         n_runs = sum(1 for d in (tmp / "ray" / "runs").iterdir() if (d / "result.json").is_file())
+        same = _rows(tmp / "sequential1", args.paper) == _rows(tmp / "ray", args.paper)
         over = _overhead(tmp / "ray" / "runs", args.runs)
     load_after = os.getloadavg()
     cpus = os.cpu_count()
@@ -100,6 +108,8 @@ def main(argv=None) -> int:
         f"| the same, sequential on 1 thread (`OMP_NUM_THREADS=1`) | {seq1:.1f} s |",
         f"| the same with `--executor ray --cpus-per-run 1` ({cpus} runs at a time, 1 thread each; local Ray "
         f"started by the command) | {par:.1f} s ({seq / par:.2f}x the first, {seq1 / par:.2f}x the second) |",
+        f"| its runs.csv equals the one-thread sequential run's, timings aside (same runs, rows, numbers) | "
+        f"{'yes' if same else 'NO'} |",
         f"| starting a local Ray instance (`ray.init`) | {over['start']:.1f} s |",
         f"| a fresh worker's first task ({cpus} at once: imports torch and kd_methods) | {over['cold']:.1f} s |",
         f"| Ray overhead per run on warm workers: a task on a finished run (everything but training), one at a "

@@ -141,3 +141,8 @@ def test_an_unknown_table_is_bad_input(workdir, capsys):
     assert main(["plan", "fitnets", "--tables", "tabel4", "--no-measure"]) == 2
     err = capsys.readouterr().err.strip()
     assert "no table 'tabel4' (did you mean 'table4'?)" in err and len(err.splitlines()) == 1
+
+
+def test_every_dataset_has_the_split_sizes_a_plan_needs():
+    from kd_methods.data import DATASETS
+    assert set(DATASETS) <= set(cost.SPLIT_SIZES)

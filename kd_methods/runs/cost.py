@@ -49,7 +49,7 @@ ASSUMED_GPU_UTIL = 0.25        # fraction of the bf16 peak a training run reache
 # "test" split is its every-10th-training-image probe; the query/gallery ranking after the last epoch
 # (3,368 + 15,913 images, once) is not counted.
 SPLIT_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "svhn": (73_257, 26_032),
-               "mnist": (60_000, 10_000), "imagenet": (1_281_167, 50_000), "cub200": (5_994, 5_794),
+               "mnist": (60_000, 10_000), "fashion_mnist": (60_000, 10_000), "imagenet": (1_281_167, 50_000), "cub200": (5_994, 5_794),
                "market1501": (12_936, 1_294), "synthetic10": (10_000, 2_000), "synthetic100": (10_000, 2_000),
                "synthetic_mnist": (10_000, 2_000), "synthetic_imagenet": (512, 256)}
 
@@ -336,7 +336,7 @@ def gpu(name: str, util: Optional[float] = None, bench_csv: Path = Path("results
 def human_seconds(s: float) -> str:
     if not math.isfinite(s):
         return "?"
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+    for unit, size in (("years", 365.25 * 86400), ("d", 86400), ("h", 3600), ("min", 60)):
         if s >= size:
             return f"{s / size:.1f} {unit}"
     return f"{s:.2g} s"
