@@ -162,4 +162,4 @@ def test_the_command_exits_with_the_code_of_the_failure_and_one_line(monkeypatch
 def test_ray_options_without_the_ray_executor_are_bad_input(workdir, capsys):
     assert main(["reproduce", "dml", "--budget", "smoke", "--gpus-per-run", "0.25"]) == 2
     err = capsys.readouterr().err
-    assert "--gpus-per-run only apply to --executor ray" in err and not (workdir / "runs").exists()
+    assert "--gpus-per-run only applies to --executor ray" in err and not (workdir / "runs").exists()

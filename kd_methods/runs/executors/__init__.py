@@ -39,9 +39,10 @@ class Sequential:
 
 def get_executor(name: str, **options):
     if name == "sequential":
-        if any(v is not None for v in options.values()):
-            used = ", ".join(f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None)
-            raise ConfigError(f"{used} only apply to --executor ray; add --executor ray or drop them")
+        used = [f"--{k.replace('_', '-')}" for k, v in options.items() if v is not None]
+        if used:
+            raise ConfigError(f"{', '.join(used)} only appl{'ies' if len(used) == 1 else 'y'} to --executor ray; "
+                              f"add --executor ray or drop {'it' if len(used) == 1 else 'them'}")
         return Sequential()
     if name == "ray":
         from .ray_executor import RayExecutor
