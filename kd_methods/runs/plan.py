@@ -157,8 +157,8 @@ def render_text(plan: dict) -> str:
         load = "/".join(f"{x:.2f}" for x in machine["load_average"]) if machine["load_average"] else "?"
         lines.append(f"  this machine: {machine['cpu']}, {machine['cores']} cores, torch uses {machine['threads']} "
                      f"threads; load average {load} while measuring (other work slows the measured steps). Rates "
-                     f"from one timed plain training step (after a warm-up step) at a small batch, scaled by FLOPs; "
-                     f"full-size batches run faster per image, so these times err long:")
+                     f"from the fastest of a few timed plain training steps (after a warm-up step) at a small "
+                     f"batch, scaled by FLOPs; full-size batches run faster per image, so these times err long:")
         for r in machine["rates"]:
             if r["borrowed_from"] or not r["flop_per_s"]:
                 continue
