@@ -23,17 +23,19 @@ import time
 from pathlib import Path
 
 
-def _reproduce(paper: str, root: Path, extra: list[str], threads: int | None = None) -> float:
+def _reproduce(paper: str, root: Path, extra: list[str], threads: int | None = None) -> tuple[float, str]:
+    """Wall seconds of one `kd-bench reproduce` process, and the load averages (1 min) before and after it."""
     argv = [sys.executable, "-m", "kd_methods.cli", "reproduce", paper, "--budget", "smoke", "--device", "cpu",
             "--no-progress", "--runs-dir", str(root / "runs"), "--results-dir", str(root / "results"), *extra]
     env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    load = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     (root / "log.txt").write_text(proc.stdout + proc.stderr)
     if proc.returncode:
         raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}); see {root / 'log.txt'}")
-    return wall
+    return wall, f"load {load:.1f} -> {os.getloadavg()[0]:.1f}"
 
 
 def _rows(root: Path, paper: str) -> list[dict]:
@@ -89,9 +91,9 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        seq = _reproduce(args.paper, tmp / "sequential", [])
-        seq1 = _reproduce(args.paper, tmp / "sequential1", [], threads=1)
-        par = _reproduce(args.paper, tmp / "ray", ["--executor", "ray", "--cpus-per-run", "1"])
+        seq, seq_load = _reproduce(args.paper, tmp / "sequential", [])
+        seq1, seq1_load = _reproduce(args.paper, tmp / "sequential1", [], threads=1)
+        par, par_load = _reproduce(args.paper, tmp / "ray", ["--executor", "ray", "--cpus-per-run", "1"])
         n_runs = sum(1 for d in (tmp / "ray" / "runs").iterdir() if (d / "result.json").is_file())
         same = _rows(tmp / "sequential1", args.paper) == _rows(tmp / "ray", args.paper)
         over = _overhead(tmp / "ray" / "runs", args.runs)
@@ -104,10 +106,11 @@ def main(argv=None) -> int:
         f"{'/'.join(f'{x:.2f}' for x in load_after)}: the machine is shared, and the wall times move with its load.",
         "", "| measurement | value |", "|---|---|",
         f"| `kd-bench reproduce {args.paper} --budget smoke`, sequential ({n_runs} runs, torch's default threads) "
-        f"| {seq:.1f} s |",
-        f"| the same, sequential on 1 thread (`OMP_NUM_THREADS=1`) | {seq1:.1f} s |",
+        f"| {seq:.1f} s ({seq_load}) |",
+        f"| the same, sequential on 1 thread (`OMP_NUM_THREADS=1`) | {seq1:.1f} s ({seq1_load}) |",
         f"| the same with `--executor ray --cpus-per-run 1` ({cpus} runs at a time, 1 thread each; local Ray "
-        f"started by the command) | {par:.1f} s ({seq / par:.2f}x the first, {seq1 / par:.2f}x the second) |",
+        f"started by the command) | {par:.1f} s ({par_load}; {seq / par:.2f}x the first, {seq1 / par:.2f}x the "
+        f"second) |",
         f"| its runs.csv equals the one-thread sequential run's, timings aside (same runs, rows, numbers) | "
         f"{'yes' if same else 'NO'} |",
         f"| starting a local Ray instance (`ray.init`) | {over['start']:.1f} s |",
