@@ -6,10 +6,12 @@ PY     := $(VENV)/bin/python
 BUDGET ?= paper
 DATA   ?= auto
 KD     := $(PY) -m kd_methods.cli
+EXECUTOR ?= sequential
 ARGS   := --budget $(BUDGET) --data $(DATA)
 
 .PHONY: all install test test-fast smoke reproduce-feed reproduce-dml reproduce-fitnets reproduce-fsp \
-        reproduce-tsd reproduce-claims reproduce-all report bench ddp-smoke clean-runs
+        reproduce-tsd reproduce-claims reproduce-all report bench ddp-smoke clean-runs plan-feed plan-dml \
+        plan-fitnets plan-fsp plan-tsd plan-claims
 
 all: install
 
@@ -31,7 +33,11 @@ smoke: install
 	$(KD) run configs/scratch_resnet20_synthetic.yaml --budget paper --data synthetic
 
 reproduce-feed reproduce-dml reproduce-fitnets reproduce-fsp reproduce-tsd reproduce-claims: install
-	$(KD) reproduce $(@:reproduce-%=%) $(ARGS)
+	$(KD) reproduce $(@:reproduce-%=%) $(ARGS) --executor $(EXECUTOR)
+
+# What a reproduction costs (every run, its status, FLOPs, time here and on a GPU); writes nothing.
+plan-feed plan-dml plan-fitnets plan-fsp plan-tsd plan-claims: install
+	$(KD) plan $(@:plan-%=%) $(ARGS)
 
 reproduce-all: reproduce-feed reproduce-dml reproduce-fitnets reproduce-fsp reproduce-tsd
 

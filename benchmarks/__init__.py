@@ -1,8 +1,10 @@
 """One module per paper (`feed`, `dml`, `fitnets`, `fsp`, `tsd`), each exposing `paper() -> Paper`, and
 `claims`: each paper's headline claim tested on real images at CPU scale.
 
-`reproduce(key, ...)` trains every missing run of the paper's tables (teachers first, each once;
-finished runs are reused, interrupted ones resume) and then renders the paper's report.
+`get_paper(key)` is the paper with its published values; `reproduce(key, ...)` trains every missing run
+of the paper's tables (teachers first, each once; finished runs are reused, interrupted ones resume) and
+then renders the paper's report; `render(keys, ...)` re-renders reports. The library (`kd_methods`)
+never imports this package: it takes a paper as data.
 """
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ import dataclasses
 import importlib
 from pathlib import Path
 
-from .core import Cell, Comparison, Paper, Plot, Table, generations, labelled, plan, seeds
+from .core import (Cell, Comparison, Paper, Plot, Table, cell_label, generations, labelled, load_references, plan,
+                   seeds)
 
 PAPER_MODULES = ("feed", "dml", "fitnets", "fsp", "tsd", "claims")
 
@@ -19,41 +22,44 @@ def get_paper(key: str) -> Paper:
     if key not in PAPER_MODULES:
         from kd_methods.errors import ConfigError
         raise ConfigError(f"unknown paper '{key}'; use one of {', '.join(PAPER_MODULES)}")
-    return importlib.import_module(f"{__name__}.{key}").paper()
+    paper = importlib.import_module(f"{__name__}.{key}").paper()
+    return dataclasses.replace(paper, references=paper.references or load_references(key))
 
 
-def cell_label(cell: Cell) -> str:
-    return f"{cell.row} | {cell.col}"
+def all_papers() -> list[Paper]:
+    return [get_paper(key) for key in PAPER_MODULES]
+
+
+def render(keys=PAPER_MODULES, results_dir: Path = Path("results"), runs_dir: Path = Path("runs")) -> None:
+    """Re-render the reports of papers `keys` from their runs.csv, then the index of every paper."""
+    from kd_methods.report import render_all
+    render_all([get_paper(k) for k in keys], Path(results_dir), Path(runs_dir), index=all_papers())
 
 
 def reproduce(key: str, budget: str = "paper", data: str = "auto", data_root: str = "data", ctx=None,
-              tables=None, seeds: int | None = None) -> None:
+              tables=None, seeds: int | None = None, executor=None) -> None:
+    """Train every missing run of paper `key` (`kd_methods.runs.reproduce`: sequential in this process
+    unless `executor` says otherwise), then render its report and the results index."""
     from kd_methods.engine import distributed as dist
     from kd_methods.report import render_paper
-    from kd_methods.runs.preflight import preflight
-    from kd_methods.runs.runner import RunContext, execute
-    from kd_methods.runs.store import append_results_row
+    from kd_methods.runs.reproduce import reproduce as train
+    from kd_methods.runs.runner import RunContext
+
+    from kd_methods.errors import RunsFailed
 
     ctx = ctx or RunContext()
     paper = get_paper(key)
-    planned = plan(paper, budget, data, data_root, tables, seeds)
-    runnable = [p for p in planned if not p[3]]
-    preflight(cfg for _, _, cfgs, _ in runnable for cfg in cfgs)
-    ctx.log(f"{paper.title}: {len(planned)} cells, {len(runnable)} runnable at budget '{budget}'")
-    for i, (table, cell, cfgs, why) in enumerate(planned, 1):
-        if why:
-            ctx.log(f"[skip] {table.key} {cell_label(cell)}: {why}")
-            if dist.is_main():
-                append_results_row(ctx.results_dir, paper.key, dict(
-                    run_id="-", paper=paper.key, table=table.key, label=cell_label(cell), budget=budget,
-                    status=f"not run: {why}"))
-            continue
-        for cfg in cfgs:
-            cfg = dict(cfg, labels=dict(paper=paper.key, table=table.key, label=cell_label(cell)))
-            execute(cfg, ctx)
-    if dist.is_main():  # under torchrun every rank trains, rank 0 writes
-        render_paper(paper, results_dir=Path(ctx.results_dir), runs_dir=ctx.store.root)
+
+    def render():
+        if dist.is_main():  # under torchrun every rank trains, rank 0 writes
+            render_paper(paper, results_dir=Path(ctx.results_dir), runs_dir=ctx.store.root, index=all_papers())
+    try:
+        train(paper, budget, data, data_root, ctx, tables, seeds, executor)
+    except RunsFailed:  # the runs that finished are reported all the same
+        render()
+        raise
+    render()
 
 
-__all__ = ["Cell", "Comparison", "Paper", "Plot", "Table", "generations", "labelled", "seeds", "get_paper", "reproduce",
-           "cell_label"]
+__all__ = ["Cell", "Comparison", "Paper", "Plot", "Table", "generations", "labelled", "seeds", "get_paper",
+           "all_papers", "reproduce", "render", "cell_label"]

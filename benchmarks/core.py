@@ -1,158 +1,25 @@
-"""A paper's tables as data, and the runner that turns them into runs and reports.
+"""The types a paper module fills in (from `kd_methods.runs.tables`), and where its published numbers live.
 
-A `Table` is a grid of `Cell`s; a cell lists the experiment specs whose runs it averages (one per
-seed) and the metric it shows. Teachers are specs inside the students' specs, so the runner trains
-every teacher once, shared by every cell, table and paper that names the same training. Reference
-values (the paper's numbers) live in `benchmarks/references/<paper>.csv`, one row per published
-number, keyed by (table, row, col); a missing value reads "paper value not transcribed".
+Reference values (the paper's numbers) live in `benchmarks/references/<paper>.csv`, one row per published
+number, keyed by (table, row, col); a missing value reads "paper value not transcribed". `get_paper`
+hands them to the report as `Paper.references`.
 """
 from __future__ import annotations
 
-import csv
-import dataclasses
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from kd_methods.runs.spec import NEEDS_REAL_DATA, ExperimentSpec, get_budget, resolve
+from kd_methods.runs.tables import (Cell, Comparison, Paper, Plot, Table, cell_label, cell_specs,
+                                    dataset_available, generations, labelled, plan_cells, read_references, seeds)
 
 REFERENCES = Path(__file__).parent / "references"
 
-
-@dataclass
-class Cell:
-    row: str
-    col: str
-    specs: list[ExperimentSpec]         # one per seed; the cell shows mean +- std over their runs
-    metric: str = "top1_err"            # a column of result.json / runs.csv ("net2_top1_err", "entropy", ...)
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """A claim tested on a table's runs, paired by seed: `better` (a row of the table) beats `than`.
-
-    kind "final": the difference is than's metric minus better's (errors: positive when better is lower),
-    per seed. kind "iterations": how many fewer iterations of its stage `stage` better needs to reach than's
-    final metric than than trained for. Run `s` of `than` pairs with the run of seed `s + seed_offset` of
-    `better` (a generation trained with a seed of its own still pairs with its parent's seed).
-    """
-    claim: str
-    better: str
-    than: str
-    kind: str = "final"                 # final | iterations
-    stage: str = "train"                # kind "iterations": the stage whose iterations count
-    seed_offset: int = 0
-
-
-@dataclass
-class Table:
-    key: str                            # "table2": file name of the report, --tables filter
-    title: str                          # "Table 2: CIFAR-100, ensembles of 5 teachers"
-    cells: list[Cell]
-    rows: list[str] = field(default_factory=list)   # display order (default: first appearance)
-    cols: list[str] = field(default_factory=list)
-    paper_metric: str = "top1_error"    # how the paper prints it: top1_error | top1_acc | entropy
-    notes: list[str] = field(default_factory=list)
-    comparisons: list[Comparison] = field(default_factory=list)   # claims tested on the runs, with verdicts
-    paper_values: bool = True           # False: a table of our own (the claims), no paper column
-
-    def __post_init__(self):
-        if not self.rows:
-            self.rows = list(dict.fromkeys(c.row for c in self.cells))
-        if not self.cols:
-            self.cols = list(dict.fromkeys(c.col for c in self.cells))
-
-
-@dataclass
-class Plot:
-    """A figure made from finished runs: `draw(paper, rows, budget, runs_dir, path)`. `tables`: the
-    tables it draws from, whose most faithful budget it shows (empty: every table of the paper)."""
-    key: str
-    title: str
-    draw: Callable
-    tables: tuple[str, ...] = ()
-
-
-@dataclass
-class Paper:
-    key: str                            # feed | dml | fitnets | fsp | tsd
-    title: str
-    citation: str
-    tables: list[Table]
-    plots: list[Plot] = field(default_factory=list)
-    protocol_notes: list[str] = field(default_factory=list)
-
-
-def seeds(spec: ExperimentSpec, n: int) -> list[ExperimentSpec]:
-    """n copies of a spec differing only in their seed (0..n-1)."""
-    return [dataclasses.replace(spec, seed=s) for s in range(n)]
-
-
-def labelled(spec: ExperimentSpec, paper: str, table: str, label: str) -> ExperimentSpec:
-    return dataclasses.replace(spec, paper=paper, table=table, label=label)
-
-
-def generations(patriarch: ExperimentSpec, student: Callable[[ExperimentSpec, int], ExperimentSpec],
-                n: int) -> list[ExperimentSpec]:
-    """[gen 0, gen 1, ..., gen n]: generation m is `student(gen m-1, m)`, whose teacher is gen m-1's run."""
-    chain = [patriarch]
-    for m in range(1, n + 1):
-        chain.append(student(chain[-1], m))
-    return chain
+plan = plan_cells  # the name the paper tests use
 
 
 def load_references(paper: str) -> dict[tuple[str, str, str], dict]:
     """(table, row, col) -> {value, metric, source, note}; value None where not transcribed."""
-    path = REFERENCES / f"{paper}.csv"
-    out = {}
-    if not path.is_file():
-        return out
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
-            value = r["value"].strip()
-            out[(r["table"], r["row"], r["col"])] = dict(
-                value=float(value) if value else None, metric=r["metric"], source=r["source"], note=r["note"])
-    return out
+    return read_references(REFERENCES / f"{paper}.csv")
 
 
-def dataset_available(dataset: str, data_root: str) -> bool:
-    root = Path(data_root)
-    marker = {"imagenet": root / "imagenet" / "train", "cub200": root / "cub200" / "CUB_200_2011",
-              "market1501": root / "market1501" / "bounding_box_train"}.get(dataset)
-    return marker is None or marker.exists()
-
-
-def cell_specs(cell: Cell, budget: str, seeds: int | None = None) -> list[ExperimentSpec]:
-    """The cell's specs the budget trains: its first `seeds` (default: the budget's cap, if any)."""
-    cap = seeds or get_budget(budget).max_seeds
-    return cell.specs[:cap] if cap else list(cell.specs)
-
-
-def plan(paper: Paper, budget: str, data: str, data_root: str, tables=None,
-         seeds: int | None = None) -> list[tuple[Table, Cell, list[dict], str]]:
-    """Every cell with its resolved configs, and why it cannot run ('' when it can). `seeds` overrides
-    the budget's cap on seeds per cell (a cell never trains more seeds than it lists)."""
-    chosen = [t for t in paper.tables if not tables or t.key in tables]
-    out = []
-    for table in chosen:
-        for cell in table.cells:
-            cfgs = [resolve(s, budget, data=data, data_root=data_root) for s in cell_specs(cell, budget, seeds)]
-            missing = sorted({c["dataset"] for c in _all_configs(cfgs)
-                              if c["dataset"] in NEEDS_REAL_DATA and not dataset_available(c["dataset"], data_root)})
-            weights = sorted({t["pretrained"]["path"] for c in _all_configs(cfgs) for t in c["teachers"]
-                              if "pretrained" in t and not Path(t["pretrained"]["path"]).is_file()})
-            reasons = []
-            if missing:
-                reasons.append(f"needs {', '.join(missing)} under {data_root}/ (not present)")
-            if weights:
-                reasons.append(f"needs pretrained weights {', '.join(weights)} (not present)")
-            why = "; ".join(reasons)
-            out.append((table, cell, cfgs, why))
-    return out
-
-
-def _all_configs(cfgs):
-    for c in cfgs:
-        yield c
-        yield from _all_configs([t for t in c["teachers"] if "run_id" in t])
+__all__ = ["Cell", "Comparison", "Paper", "Plot", "Table", "cell_label", "cell_specs", "dataset_available", "generations",
+           "labelled", "load_references", "plan", "plan_cells", "seeds", "REFERENCES"]

@@ -16,7 +16,7 @@ touches all cases alike. A sample is a block of n consecutive steps (n chosen af
 block lasts about `BLOCK_S`); the CSV gives the median ms/step over the rounds with the quartiles.
 On CUDA the block is timed with CUDA events, with `torch.cuda.synchronize` only before and after it.
 The GPU throughput cases (ResNet-56, WRN-28-10, ResNeXt-29 16x64d, ResNet-34 at 224 px) report MFU
-from a FlopCounterMode count of one step and the device's dense bf16 peak; they are skipped on CPU.
+from a FLOP count of one step (`engine.flops`) and the device's dense bf16 peak; they are skipped on CPU.
 """
 from __future__ import annotations
 
@@ -39,12 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .engine.flops import PEAK_BF16, count_flops, peak_bf16  # noqa: F401  (PEAK_BF16: the table MFU uses)
+
 COLUMNS = ["name", "device", "batch", "ms_per_step", "img_per_s", "ratio_vs_reference", "reference",
            "ms_q1", "ms_q3", "ms_min", "ms_max", "samples", "steps_per_sample", "mfu", "compile_s", "note"]
 
-# Dense bf16 tensor-core peak (FLOP/s) by device name; the first matching substring wins.
-PEAK_BF16 = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("GH200", 989e12), ("H100", 989e12),
-             ("H200", 989e12), ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12)]
 
 # Targets of issue #5, reported (never asserted).
 GPU_THROUGHPUT = [  # (case, model, batch, image size, target img/s)
@@ -620,20 +619,8 @@ def _autocast_available(device: torch.device) -> bool:
         return False
 
 
-def count_flops(step: Callable[[], None]) -> float:
-    """FLOPs of one step (forward and backward), counted by `torch.utils.flop_counter.FlopCounterMode`."""
-    from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
-    return float(counter.get_total_flops())
-
-
 def peak_flops(device: torch.device) -> Optional[float]:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_BF16 if key in name), None)
+    return peak_bf16(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -729,11 +716,17 @@ def main(device: str = "auto", out: Path = Path("results/bench"), quick: bool = 
     else:
         b.skipped.append("GPU throughput cases (ResNet-56 b512, WRN-28-10, ResNeXt-29 16x64d, ResNet-34 224px): "
                          "skipped, no CUDA device")
+        b.skipped.append("k = 1, 2, 4 ResNet-56 runs packed on one GPU (runs per hour): skipped, no CUDA device")
     for line in b.skipped:
         log("  " + line)
     log(f"  {len(b.cases)} cases; warm-up {settings.warmup} steps each, then {settings.rounds} round-robin rounds")
     run_cases(b.cases, settings, b, log)
     table = rows(b.cases, settings)
+    if settings.cuda:  # after the timed cases: the packed processes need the whole GPU
+        from .packing import measure as measure_packing
+        log("  k = 1, 2, 4 ResNet-56 runs packed on one GPU")
+        b.packed = measure_packing(dev, seconds=5.0 if quick else 20.0, warmup=3 if quick else 10)
+        table += packing_rows(b.packed, describe_device(dev))
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "bench.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -808,10 +801,37 @@ def targets(table: list[dict], settings: Settings, names: dict[str, str]) -> lis
     return out
 
 
+def packing_section(packed: list[dict]) -> str:
+    if not packed:
+        return ""
+    body = [[r["k"], f"{r['img_per_s']:,.0f}", f"{r['runs_per_hour']:.2f}", f"{r['vs_one']:.2f}x"] for r in packed]
+    return f"""
+## Several runs on one GPU
+
+k processes each train {label(packed[0]['model'])} (batch {packed[0]['batch']}, the engine's step) on this GPU at
+once, as `kd-bench reproduce --executor ray --gpus-per-run 1/k` places them; each counts its steps in
+the same window. Runs per hour: all k processes' steps per second / the steps of one run (200 epochs of
+50,000 images, FEED's protocol). `kd_methods/packing.py`.
+
+{_md_table(["k runs on one GPU", "img/s (all k)", "runs/hour", "vs one run"], body)}
+"""
+
+
 def _md_table(header: list[str], body: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
     return "\n".join(lines)
+
+
+def packing_rows(packed: list[dict], device: str) -> list[dict]:
+    """bench.csv rows of `packing.measure`: ms/step is one process's, img/s all k processes' together."""
+    return [dict(name=f"pack {r['k']}x {label(r['model'])}", device=device, batch=r["batch"],
+                 ms_per_step=round(1000 * r["k"] / r["steps_per_s"], 3), img_per_s=round(r["img_per_s"], 1),
+                 ratio_vs_reference=_fmt(r["vs_one"], 3), reference=f"pack 1x {label(r['model'])}",
+                 ms_q1="", ms_q3="", ms_min="", ms_max="", samples=r["k"], steps_per_sample="", mfu="",
+                 compile_s="", note=f"{r['k']} runs in {r['k']} processes on one GPU: "
+                                    f"{r['runs_per_hour']:.2f} runs/hour (200 epochs of CIFAR at batch {r['batch']})")
+            for r in packed]
 
 
 def render_readme(table: list[dict], settings: Settings, builder: Builder, load_before, load_after,
@@ -887,7 +907,8 @@ Generated by `kd-bench bench{' --quick' if settings.quick else ''}` (`kd_methods
   lasts at least {settings.block_s:.2f} s); the table gives the median over the rounds and the interquartile
   range. `x vs reference` = reference ms/step / case ms/step (2.0 = twice as fast).
 - {cuda_note}
-- MFU (CUDA only) = FLOPs of one step counted with `torch.utils.flop_counter.FlopCounterMode` (convolutions
+- MFU (CUDA only) = FLOPs of one step counted with `torch.utils.flop_counter`'s formulas
+  (`kd_methods.engine.flops`, with the weight gradient of grouped convolutions corrected; convolutions
   and matmuls, forward and backward) / step time / the device's dense bf16 peak from a small table
   (e.g. H100 SXM 989 TFLOP/s). `compile s` = first call of a `torch.compile`d step minus a warm step.
 
@@ -910,7 +931,7 @@ written back). The DML method itself still runs its peers in a loop: choosing be
 measurement during training (the peers' BatchNorm statistics change with every extra forward pass)
 and, on CUDA, a bf16 path for the vmapped peers, since torch.func's vmap does not apply autocast.
 {strategy}
-
+{packing_section(getattr(builder, "packed", []))}
 Skipped here:
 
 {skipped}

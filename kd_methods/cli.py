@@ -1,4 +1,4 @@
-"""`kd-bench`: run one experiment, reproduce a paper's tables, render reports, benchmark speed.
+"""`kd-bench`: run one experiment, reproduce a paper's tables, plan what that costs, render reports, benchmark speed.
 
 Exit codes (README "Exit codes"): 0 done; 2 bad input (bad config or arguments, missing data, a corrupt
 checkpoint, a pretrained file failing its sha256): one line on stderr, and nothing is written; 3 training
@@ -17,9 +17,17 @@ import threading
 import warnings
 from pathlib import Path
 
-from .errors import NumericalFault, UserError
+from .errors import NumericalFault, RunsFailed, UserError
 
 PAPERS = ("feed", "dml", "fitnets", "fsp", "tsd", "claims")
+
+
+def _selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paper", choices=PAPERS)
+    p.add_argument("--tables", nargs="*", default=None, help="only these tables (e.g. table1 table2)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="train at most this many seeds per cell, overriding the budget's cap (short: 2, smoke: 1); "
+                        "a cell never trains more seeds than it lists")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -48,12 +56,34 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("reproduce", help="train every missing run of a paper's tables, then render its report")
-    p.add_argument("paper", choices=PAPERS)
-    p.add_argument("--tables", nargs="*", default=None, help="only these tables (e.g. table1 table2)")
-    p.add_argument("--seeds", type=int, default=None,
-                   help="train at most this many seeds per cell, overriding the budget's cap (short: 2, smoke: 1); "
-                        "a cell never trains more seeds than it lists")
+    _selection(p)
     _common(p)
+    p.add_argument("--executor", default="sequential", choices=["sequential", "ray"],
+                   help="sequential: one run after another in this process (default); ray: every run a Ray task, "
+                        "started as soon as its teachers finished (README 'Scaling out')")
+    p.add_argument("--address", default=None,
+                   help="ray: the cluster to join (auto, or HOST:PORT of `ray start --head`); default: a Ray "
+                        "instance on this machine")
+    p.add_argument("--gpus-per-run", type=float, default=None,
+                   help="ray: GPUs per run, fractions pack several runs on one GPU (0.25: four); default 1 on a "
+                        "cluster with GPUs, else 0")
+    p.add_argument("--cpus-per-run", type=int, default=None,
+                   help="ray: CPUs per run, also its torch threads (default 1)")
+
+    p = sub.add_parser("plan", help="list every run of a paper's tables with its status and cost; writes nothing")
+    _selection(p)
+    p.add_argument("--budget", default=os.environ.get("BUDGET", "paper"), choices=["smoke", "short", "paper"])
+    p.add_argument("--data", default=os.environ.get("DATA", "auto"), choices=["auto", "synthetic", "real"])
+    p.add_argument("--data-root", default=os.environ.get("KD_DATA", "data"))
+    p.add_argument("--runs-dir", default=os.environ.get("KD_RUNS", "runs"))
+    p.add_argument("--gpu", default="H100", help="the GPU to estimate times for (a name from the peak table, e.g. "
+                                                 "H100, A100, L4)")
+    p.add_argument("--gpu-util", type=float, default=None,
+                   help="fraction of the GPU's bf16 peak a run reaches (default: measured by make bench where it "
+                        "was, else an assumption the output names)")
+    p.add_argument("--no-measure", dest="measure", action="store_false",
+                   help="do not time training steps on this machine (no time estimates for it)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
 
     p = sub.add_parser("report", help="re-render tables and plots from results/<paper>/runs.csv")
     p.add_argument("papers", nargs="*", default=list(PAPERS))
@@ -114,19 +144,41 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_reproduce(args) -> int:
-    from benchmarks import reproduce
+def _check_seeds(args) -> None:
     from .errors import ConfigError
     if args.seeds is not None and args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+
+
+def cmd_reproduce(args) -> int:
+    from benchmarks import reproduce
+    from .runs.executors import get_executor
+    _check_seeds(args)
+    executor = get_executor(args.executor, address=args.address, gpus_per_run=args.gpus_per_run,
+                            cpus_per_run=args.cpus_per_run)
     reproduce(args.paper, budget=args.budget, data=args.data, data_root=args.data_root,
-              ctx=_context(args), tables=args.tables, seeds=args.seeds)
+              ctx=_context(args), tables=args.tables, seeds=args.seeds, executor=executor)
+    return 0
+
+
+def cmd_plan(args) -> int:
+    import json
+
+    from benchmarks import get_paper
+    from .errors import ConfigError
+    from .runs.plan import make_plan, render_text
+    _check_seeds(args)
+    if args.gpu_util is not None and not 0 < args.gpu_util <= 1:
+        raise ConfigError(f"--gpu-util must be in (0, 1], got {args.gpu_util}")
+    plan = make_plan(get_paper(args.paper), args.budget, args.data, args.data_root, args.tables, args.seeds,
+                     args.runs_dir, gpu=args.gpu, gpu_util=args.gpu_util, measure=args.measure)
+    print(json.dumps(plan, indent=1, default=str) if args.json else render_text(plan), end="" if not args.json else "\n")
     return 0
 
 
 def cmd_report(args) -> int:
-    from .report import render_all
-    render_all(args.papers, results_dir=Path(args.results_dir), runs_dir=Path(args.runs_dir))
+    from benchmarks import render
+    render(args.papers, results_dir=Path(args.results_dir), runs_dir=Path(args.runs_dir))
     return 0
 
 
@@ -146,7 +198,7 @@ def cmd_download(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "reproduce": cmd_reproduce, "report": cmd_report, "bench": cmd_bench,
+COMMANDS = {"run": cmd_run, "reproduce": cmd_reproduce, "plan": cmd_plan, "report": cmd_report, "bench": cmd_bench,
             "download": cmd_download}
 
 
@@ -176,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     except NumericalFault as e:
         print(f"kd-bench: {_where(dist)}training diverged: {e}", file=sys.stderr)
         return 3
+    except RunsFailed as e:
+        print(f"kd-bench: {e}", file=sys.stderr)
+        return e.code
     except KeyboardInterrupt:
         print("kd-bench: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

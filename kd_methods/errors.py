@@ -19,3 +19,12 @@ class CheckpointError(UserError):
 
 class NumericalFault(Exception):
     """A NaN or inf loss: the run stops, keeps its last good checkpoint and records the failure."""
+
+
+class RunsFailed(Exception):
+    """Runs of a reproduction failed while the runs independent of them finished (`--executor ray`).
+    `code`: the exit code of the gravest failure (1 a bug or a lost worker, 2 bad input, 3 diverged)."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code

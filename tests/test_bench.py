@@ -96,3 +96,32 @@ def test_peak_table_matches_device_names():
     for name, peak in names.items():
         assert next(p for key, p in bench.PEAK_BF16 if key in name) == peak, name
     assert match["H200"] == 989e12
+
+
+def test_packed_runs_are_reported_per_k_with_runs_per_hour():
+    """k runs on one GPU (measured by make bench on CUDA): the rows and README section from what
+    `packing.measure` returns, here made up."""
+    from kd_methods.packing import STEPS_PER_RUN
+    packed = [dict(k=1, model="cifar_resnet56", batch=128, steps_per_s=20.0, img_per_s=2560.0,
+                   runs_per_hour=20.0 * 3600 / STEPS_PER_RUN, vs_one=1.0),
+              dict(k=4, model="cifar_resnet56", batch=128, steps_per_s=50.0, img_per_s=6400.0,
+                   runs_per_hour=50.0 * 3600 / STEPS_PER_RUN, vs_one=2.5)]
+    rows = bench.packing_rows(packed, "NVIDIA H100")
+    assert [r["name"] for r in rows] == ["pack 1x resnet56", "pack 4x resnet56"]
+    assert all(set(r) == set(bench.COLUMNS) for r in rows)
+    assert rows[1]["ms_per_step"] == 80.0  # one process: 4 processes share 50 steps/s
+    assert rows[1]["ratio_vs_reference"] == "2.500" and "2.31 runs/hour" in rows[1]["note"]
+    section = bench.packing_section(packed)
+    assert "| 4 | 6,400 | 2.31 | 2.50x |" in section
+
+
+def test_a_packed_worker_counts_the_steps_of_its_window():
+    """The process body of `packing.measure`, run here in-process (a real measurement needs a GPU)."""
+    import queue
+    import threading
+
+    from kd_methods.packing import _worker
+    results = queue.Queue()
+    _worker("cpu", "cifar_resnet8", 8, 64, 1, 0.5, torch.get_num_threads(), threading.Barrier(1), results)
+    steps, elapsed = results.get_nowait()
+    assert steps >= 1 and elapsed >= 0.5

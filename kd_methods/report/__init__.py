@@ -2,7 +2,8 @@
 
 Everything here reads `results/<paper>/runs.csv` (and, for curves, the runs' metrics.csv): a report
 can be re-rendered at any time without training. Numbers from smoke or synthetic runs are labelled
-as such in every table heading and plot title.
+as such in every table heading and plot title. A paper comes in as data (`kd_methods.runs.tables.Paper`:
+its tables, plots and published values); which papers exist is the caller's business (`benchmarks`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from ..runs.spec import BUDGETS
 from ..runs.store import read_results
+from ..runs.tables import cell_label
 from .markdown import render_table_markdown, write_text
 
 BUDGET_ORDER = ("paper", "short", "smoke")
@@ -55,8 +57,6 @@ def not_run_reason(rows: list[dict], table_key: str, label: str) -> str:
 
 def table_summaries(table, rows: list[dict], budget: str | None) -> dict:
     """(row, col) -> mean/std/n of the cell's runs at `budget`, the runs, or why it did not run."""
-    from benchmarks import cell_label
-
     summaries = {}
     for cell in table.cells:
         label = cell_label(cell)
@@ -103,20 +103,17 @@ def table_status(paper, table, rows: list[dict], refs: dict, runs_dir: Path = Pa
 
 
 def render_paper(paper, results_dir: Path = Path("results"), runs_dir: Path = Path("runs"),
-                 index: bool = True) -> list[Path]:
-    """Every table and plot of `paper`; then results/README.md unless `index` is False (render_all
-    writes it once after all papers)."""
-    from benchmarks.core import load_references
-
+                 index=None) -> list[Path]:
+    """Every table and plot of `paper`; then results/README.md over the papers `index` (a list of
+    papers: every paper of the suite) when given."""
     out_dir = Path(results_dir) / paper.key
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = read_results(out_dir / "runs.csv")
-    refs = load_references(paper.key)
     written = []
     for table in paper.tables:
         budget = chosen_budget(rows, (table.key,))
         summaries = table_summaries(table, rows, budget)
-        text = render_table_markdown(paper, table, summaries, refs, budget,
+        text = render_table_markdown(paper, table, summaries, paper.references, budget,
                                      table_comparisons(table, summaries, Path(runs_dir)))
         path = out_dir / f"{table.key}.md"
         write_text(path, text)
@@ -126,32 +123,27 @@ def render_paper(paper, results_dir: Path = Path("results"), runs_dir: Path = Pa
         plot.draw(paper=paper, rows=rows, budget=chosen_budget(rows, plot.tables), runs_dir=Path(runs_dir),
                   path=path)
         written.append(path)
-    if index:
-        write_index(Path(results_dir), Path(runs_dir))
+    if index is not None:
+        write_index(Path(results_dir), index, Path(runs_dir))
     return written
 
 
-def render_all(papers, results_dir: Path = Path("results"), runs_dir: Path = Path("runs")) -> None:
-    from benchmarks import get_paper
-    for key in papers:
-        render_paper(get_paper(key), results_dir, runs_dir, index=False)
-    write_index(Path(results_dir), Path(runs_dir))
+def render_all(papers, results_dir: Path = Path("results"), runs_dir: Path = Path("runs"), index=None) -> None:
+    """Every paper of `papers`, then the results index over `index` (default: `papers`), written once."""
+    for paper in papers:
+        render_paper(paper, results_dir, runs_dir)
+    write_index(Path(results_dir), papers if index is None else index, Path(runs_dir))
 
 
-def write_index(results_dir: Path, runs_dir: Path = Path("runs")) -> None:
-    """results/README.md: every paper's tables with their status (see `table_status`) and plots."""
-    from benchmarks import PAPER_MODULES, get_paper
-    from benchmarks.core import load_references
-
+def write_index(results_dir: Path, papers, runs_dir: Path = Path("runs")) -> None:
+    """results/README.md: every table of `papers` with its status (see `table_status`) and plots."""
     from .markdown import render_index
 
-    papers = []
-    for key in PAPER_MODULES:
-        paper = get_paper(key)
-        rows = read_results(Path(results_dir) / key / "runs.csv")
-        refs = load_references(key)
-        papers.append((paper, [(t, table_status(paper, t, rows, refs, runs_dir)) for t in paper.tables]))
-    write_text(Path(results_dir) / "README.md", render_index(Path(results_dir), papers))
+    status = []
+    for paper in papers:
+        rows = read_results(Path(results_dir) / paper.key / "runs.csv")
+        status.append((paper, [(t, table_status(paper, t, rows, paper.references, runs_dir)) for t in paper.tables]))
+    write_text(Path(results_dir) / "README.md", render_index(Path(results_dir), status))
 
 
 __all__ = ["render_paper", "render_all", "chosen_budget", "summarize", "metric_value", "BUDGETS"]

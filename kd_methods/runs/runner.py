@@ -1,9 +1,10 @@
 """Resolve a run's graph (its teachers first), reuse what is finished, resume what was interrupted.
 
-`execute(cfg, ctx)` is the only way a run is trained: it trains the teachers' runs it depends on
-(recursively, each once), takes the run's lock so two processes never train it twice, trains or resumes
-it through the one engine, and records it: `result.json` and `model.pt` in the run folder, a row in
-`results/<paper>/runs.csv` for every table that asked for it.
+`execute(cfg, ctx)` trains the teachers' runs a run depends on (recursively, each once), then the run
+itself, and records it: `result.json` and `model.pt` in the run folder, a row in
+`results/<paper>/runs.csv` for every table that asked for it. `train_one(cfg, ctx)` is the step every
+executor shares: with the teachers finished, it takes the run's lock so two processes never train it
+twice, and trains or resumes it through the one engine.
 """
 from __future__ import annotations
 
@@ -101,21 +102,33 @@ def record(cfg: dict, result: dict, ctx: RunContext, status: str = "finished") -
 
 
 def execute(cfg: dict, ctx: RunContext | None = None) -> dict:
-    """Make sure the run `cfg` is finished; returns its result record."""
+    """Make sure the run `cfg` is finished, its teachers' runs first; records its runs.csv row and
+    returns its result record."""
     ctx = ctx or RunContext()
-    store, run_id = ctx.store, cfg["run_id"]
-    if not store.is_finished(run_id):
+    if not ctx.store.is_finished(cfg["run_id"]):
         for t in cfg["teachers"]:
             if "pretrained" not in t:
                 execute(t, ctx)
-        busy = f"[wait] {run_id} is being trained by another process; waiting for it to finish"
-        lock = store.lock(run_id, on_wait=lambda: ctx.log(busy)) if not dist.is_distributed() else _no_lock()
-        with lock:
-            if not store.is_finished(run_id):
-                _train(cfg, ctx)
-    result = store.result(run_id)
+    result = train_one(cfg, ctx)
     record(cfg, result, ctx)
     return result
+
+
+def train_one(cfg: dict, ctx: RunContext) -> dict:
+    """Make sure the run `cfg` is finished, given that its teachers' runs are (an executor's run graph
+    orders them): take the run's lock, train or resume it, return its result record. Records no row."""
+    store, run_id = ctx.store, cfg["run_id"]
+    if store.is_finished(run_id):
+        return store.result(run_id)
+    missing = [t["run_id"] for t in cfg["teachers"] if "run_id" in t and not store.is_finished(t["run_id"])]
+    if missing:
+        raise RuntimeError(f"run {run_id} was started before its teacher run {missing[0]} finished")
+    busy = f"[wait] {run_id} is being trained by another process; waiting for it to finish"
+    lock = store.lock(run_id, on_wait=lambda: ctx.log(busy)) if not dist.is_distributed() else _no_lock()
+    with lock:
+        if not store.is_finished(run_id):
+            _train(cfg, ctx)
+    return store.result(run_id)
 
 
 class _no_lock:

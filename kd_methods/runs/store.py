@@ -2,7 +2,7 @@
 
 A run lives in `<runs_dir>/<run_id>/`:
   config.json     the resolved config (what the id hashes)
-  manifest.json   git commit, versions, device, start/end times, status (running|finished|failed)
+  manifest.json   git commit, versions, device, host and pid, start/end times, status (running|finished|failed)
   metrics.csv     one row per epoch
   last.pt         the latest checkpoint (+ last.pt.prev, the one before); removed once the run finishes
   model.pt        the final weights of the method's eval models (what a later run loads as teacher)
@@ -17,6 +17,7 @@ import csv
 import fcntl
 import io
 import json
+import os
 import platform
 import socket
 import subprocess
@@ -127,7 +128,7 @@ class RunStore:
         manifest_path = d / "manifest.json"
         previous = read_json(manifest_path) if manifest_path.is_file() else {}
         manifest = dict(run_id=cfg["run_id"], git_commit=git_commit(), versions=versions(),
-                        device=device_name(device), host=socket.gethostname(),
+                        device=device_name(device), host=socket.gethostname(), pid=os.getpid(),
                         started_at=previous.get("started_at", time.strftime("%Y-%m-%dT%H:%M:%S%z")),
                         resumed=previous.get("resumed", -1) + 1, status="running")
         write_json(manifest_path, manifest)
