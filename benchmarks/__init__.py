@@ -31,10 +31,11 @@ def reproduce(key: str, budget: str = "paper", data: str = "auto", data_root: st
     from kd_methods.report import render_paper
     from kd_methods.runs.preflight import preflight
     from kd_methods.runs.runner import RunContext, execute
-    from kd_methods.runs.store import append_results_row
+    from kd_methods.runs.store import append_results_row, check_results
 
     ctx = ctx or RunContext()
     paper = get_paper(key)
+    check_results(ctx.results_dir, paper.key)
     planned = plan(paper, budget, data, data_root, tables, seeds)
     runnable = [p for p in planned if not p[3]]
     preflight(cfg for _, _, cfgs, _ in runnable for cfg in cfgs)

@@ -110,10 +110,23 @@ def cell_specs(cell: Cell, budget: str, seeds: int | None = None) -> list[Experi
     return cell.specs[:cap] if cap else list(cell.specs)
 
 
+def check_tables(paper: Paper, tables) -> None:
+    """Every name in `tables` is one of the paper's tables (ConfigError naming the valid ones)."""
+    from kd_methods.errors import ConfigError
+    from kd_methods.registry import closest
+
+    keys = [t.key for t in paper.tables]
+    unknown = [t for t in tables or () if t not in keys]
+    if unknown:
+        raise ConfigError(f"{paper.key} has no table '{unknown[0]}'{closest(unknown[0], keys)}; "
+                          f"its tables are {', '.join(keys)}")
+
+
 def plan(paper: Paper, budget: str, data: str, data_root: str, tables=None,
          seeds: int | None = None) -> list[tuple[Table, Cell, list[dict], str]]:
     """Every cell with its resolved configs, and why it cannot run ('' when it can). `seeds` overrides
     the budget's cap on seeds per cell (a cell never trains more seeds than it lists)."""
+    check_tables(paper, tables)
     chosen = [t for t in paper.tables if not tables or t.key in tables]
     out = []
     for table in chosen:

@@ -22,6 +22,13 @@ from .errors import NumericalFault, UserError
 PAPERS = ("feed", "dml", "fitnets", "fsp", "tsd")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, as every other bad input's (its usage is a --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"kd-bench: error: {self.prog}: {printable(message)}; see {self.prog} --help\n")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", default=os.environ.get("BUDGET", "paper"), choices=["smoke", "short", "paper"],
                    help="paper: the paper's protocol; short: 1/10 schedules; smoke: a few steps on synthetic data")
@@ -39,7 +46,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kd-bench", description=__doc__.splitlines()[0])
+    parser = Parser(prog="kd-bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="train one experiment spec (YAML)")
@@ -100,6 +107,9 @@ def cmd_run(args) -> int:
     if args.seed is not None:
         spec.seed = args.seed
     cfg = resolve(spec, args.budget, data=args.data, data_root=args.data_root)
+    if spec.paper:
+        from .runs.store import check_results
+        check_results(Path(args.results_dir), spec.paper)
     preflight([cfg])
     result = execute(cfg, _context(args))
     if not dist.is_main():
@@ -158,14 +168,15 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warnings(warnings.showwarning)
             dist.init_from_env()
+            _check_args(args)
             status = COMMANDS[args.command](args)
         dist.shutdown()
         return status
     except UserError as e:
-        print(f"kd-bench: {_where(dist)}error: {e}", file=sys.stderr)
+        print(f"kd-bench: {_where(dist)}error: {printable(str(e))}", file=sys.stderr)
         return 2
     except NumericalFault as e:
-        print(f"kd-bench: {_where(dist)}training diverged: {e}", file=sys.stderr)
+        print(f"kd-bench: {_where(dist)}training diverged: {printable(str(e))}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print("kd-bench: interrupted; run the same command again to resume", file=sys.stderr)
@@ -184,6 +195,32 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _check_args(args) -> None:
+    """Arguments every command shares, checked before any work: the device exists here, and the folders
+    it writes are folders (or can become ones)."""
+    from .engine.trainer import pick_device
+    from .errors import ConfigError
+
+    if getattr(args, "device", None) is not None:
+        pick_device(args.device)
+    for flag in ("runs_dir", "results_dir", "out"):
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        option = "--" + flag.replace("_", "-")
+        path = Path(value)
+        if not value or (path.exists() and not path.is_dir()):
+            raise ConfigError(f"{option} {value!r} is not a folder; pass a folder path")
+        existing = next((p for p in [path, *path.absolute().parents] if p.exists()), None)
+        if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"{option} {value!r}: cannot write under {existing}; pass a folder you can write to")
+
+
+def printable(message: str) -> str:
+    """One line: control characters (a newline inside a quoted YAML key, say) shown as escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def _one_line_warnings(default):

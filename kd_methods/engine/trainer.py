@@ -46,11 +46,24 @@ class EngineOptions:
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """`auto` (the local GPU if any, else the CPU), `cpu`, `cuda` or `cuda:N`; anything else, or a GPU
+    this machine does not have, is a ConfigError."""
     if name == "auto":
         if dist.is_distributed():
             return dist.local_device()
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        raise ConfigError(f"--device {name!r} is not a device kd-bench trains on; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            have = f"only {count} GPU(s) (cuda:0..cuda:{count - 1})" if count else "no CUDA GPU"
+            raise ConfigError(f"--device {name}: this machine has {have}; use --device auto or cpu")
+    return device
 
 
 @functools.cache

@@ -10,6 +10,7 @@ import json
 import statistics
 from pathlib import Path
 
+from ..errors import ResultsDamaged
 from ..runs.spec import BUDGETS
 from ..runs.store import read_results
 from .markdown import render_table_markdown, write_text
@@ -120,9 +121,17 @@ def render_paper(paper, results_dir: Path = Path("results"), runs_dir: Path = Pa
 
 
 def render_all(papers, results_dir: Path = Path("results"), runs_dir: Path = Path("runs")) -> None:
+    """Every paper's report, then the index. A damaged runs.csv stops its own paper only: the others
+    render, that paper's files and the index stay as they were, and ResultsDamaged names it at the end."""
     from benchmarks import get_paper
+    damaged = []
     for key in papers:
-        render_paper(get_paper(key), results_dir, runs_dir, index=False)
+        try:
+            render_paper(get_paper(key), results_dir, runs_dir, index=False)
+        except ResultsDamaged as e:
+            damaged.append(str(e))
+    if damaged:
+        raise ResultsDamaged("; ".join(damaged) + "; the other papers' reports were rendered")
     write_index(Path(results_dir))
 
 

@@ -47,7 +47,7 @@ def _teacher_key(t: dict) -> tuple:
 def _train_size(cfg: dict, found: dict) -> int | None:
     """Images in the run's train split (None: a generated set at its default size, always enough)."""
     spec = get_spec(cfg["dataset"])
-    if spec.fetch is None and not spec.no_download:  # generated in memory from a seed: never missing
+    if spec.generated:  # made in memory from a seed: never missing
         return cfg["train_subset"]
     key = (cfg["dataset"], cfg["data_root"])
     if key not in found:  # DataMissing (where we looked, how to get it) when it is not on disk

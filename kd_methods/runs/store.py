@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ..engine.checkpoint import write_atomic
+from ..errors import ResultsDamaged
 
 RUNS_COLUMNS = ["run_id", "paper", "table", "label", "dataset", "model", "method", "seed", "budget", "epochs",
                 "top1_err", "top5_err", "best_top1_err", "wall_s", "config_hash", "status", "device",
@@ -169,9 +170,59 @@ def append_results_row(results_dir: Path, paper: str, row: dict) -> None:
         write_atomic(path, lambda f: f.write(buf.getvalue().encode()))
 
 
+REQUIRED_COLUMNS = ("run_id", "table", "label", "budget", "status")
+NUMBER_COLUMNS = ("seed", "epochs", "top1_err", "top5_err", "best_top1_err", "wall_s")
+
+
 def read_results(path: Path) -> list[dict]:
+    """The rows of a runs.csv ([] when there is none). A file that does not parse (not text, a row with
+    the wrong number of fields, a number or `extra` that does not read) raises ResultsDamaged naming the
+    file and line: the caller stops before writing it, so a damaged file is never overwritten."""
     path = Path(path)
     if not path.is_file():
         return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+
+    def damaged(line: int, what: str) -> ResultsDamaged:
+        return ResultsDamaged(f"{path} line {line} is damaged ({what}); fix or delete that line and run the "
+                              f"command again (a damaged runs.csv is never rewritten)")
+
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise damaged(raw[:e.start].count(b"\n") + 1, f"byte 0x{raw[e.start]:02x} is not UTF-8 text") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows = []
+    try:
+        header = next(reader, None)
+        missing = [c for c in REQUIRED_COLUMNS if c not in (header or [])]
+        if missing:
+            raise damaged(1, f"the header has no '{missing[0]}' column")
+        for fields in reader:
+            if not fields:
+                continue
+            line = reader.line_num
+            if len(fields) != len(header):
+                raise damaged(line, f"{len(fields)} fields where the header has {len(header)}")
+            row = dict(zip(header, fields))
+            for column in NUMBER_COLUMNS:
+                value = row.get(column, "")
+                try:
+                    value == "" or float(value)
+                except ValueError:
+                    raise damaged(line, f"{column} is {value[:20]!r}, not a number") from None
+            try:
+                extra = json.loads(row["extra"]) if row.get("extra") else {}
+            except ValueError:
+                extra = None
+            if not isinstance(extra, dict):
+                raise damaged(line, "its extra column is not a JSON object")
+            rows.append(row)
+    except csv.Error as e:
+        raise damaged(reader.line_num + 1, str(e)) from None
+    return rows
+
+
+def check_results(results_dir: Path, paper: str) -> None:
+    """Before any training: results/<paper>/runs.csv, which the run will add a row to, reads."""
+    read_results(Path(results_dir) / paper / "runs.csv")
