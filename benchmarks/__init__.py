@@ -52,7 +52,7 @@ def reproduce(key: str, budget: str = "paper", data: str = "auto", data_root: st
             cfg = dict(cfg, labels=dict(paper=paper.key, table=table.key, label=cell_label(cell)))
             execute(cfg, ctx)
     if dist.is_main():  # under torchrun every rank trains, rank 0 writes
-        render_paper(paper, results_dir=Path(ctx.results_dir), runs_dir=ctx.store.root)
+        render_paper(paper, results_dir=Path(ctx.results_dir))
 
 
 __all__ = ["Cell", "Paper", "Plot", "Table", "generations", "labelled", "seeds", "get_paper", "reproduce",

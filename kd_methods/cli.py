@@ -65,7 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="re-render tables and plots from results/<paper>/runs.csv")
     p.add_argument("papers", nargs="*", default=list(PAPERS))
     p.add_argument("--results-dir", default=os.environ.get("KD_RESULTS", "results"))
-    p.add_argument("--runs-dir", default=os.environ.get("KD_RUNS", "runs"))
 
     p = sub.add_parser("bench", help="time training steps against a textbook reference loop")
     p.add_argument("--device", default="auto")
@@ -132,7 +131,7 @@ def cmd_reproduce(args) -> int:
 
 def cmd_report(args) -> int:
     from .report import render_all
-    render_all(args.papers, results_dir=Path(args.results_dir), runs_dir=Path(args.runs_dir))
+    render_all(args.papers, results_dir=Path(args.results_dir))
     return 0
 
 

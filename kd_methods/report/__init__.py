@@ -1,7 +1,8 @@
 """runs.csv -> comparison tables (ours mean +- std beside the paper's value) and plots.
 
-Everything here reads `results/<paper>/runs.csv` (and, for curves, the runs' metrics.csv): a report
-can be re-rendered at any time without training. Numbers from smoke or synthetic runs are labelled
+Everything here reads `results/<paper>/runs.csv` (and, for plots of curves, `results/<paper>/curves.csv`):
+a report re-renders at any time, without training and without the runs/ folder (a fresh clone's
+`make report` reproduces the committed files byte for byte). Numbers from smoke or synthetic runs are labelled
 as such in every table heading and plot title.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from ..errors import ResultsDamaged
 from ..runs.spec import BUDGETS
-from ..runs.store import read_results
+from ..runs.store import read_curves, read_results
 from .markdown import render_table_markdown, write_text
 
 BUDGET_ORDER = ("paper", "short", "smoke")
@@ -93,8 +94,7 @@ def table_status(paper, table, rows: list[dict], refs: dict) -> dict:
                 transcribed=sum(1 for k, r in refs.items() if k[0] == table.key and r["value"] is not None))
 
 
-def render_paper(paper, results_dir: Path = Path("results"), runs_dir: Path = Path("runs"),
-                 index: bool = True) -> list[Path]:
+def render_paper(paper, results_dir: Path = Path("results"), index: bool = True) -> list[Path]:
     """Every table and plot of `paper`; then results/README.md unless `index` is False (render_all
     writes it once after all papers)."""
     from benchmarks.core import load_references
@@ -102,6 +102,7 @@ def render_paper(paper, results_dir: Path = Path("results"), runs_dir: Path = Pa
     out_dir = Path(results_dir) / paper.key
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = read_results(out_dir / "runs.csv")
+    curves = read_curves(out_dir / "curves.csv")
     refs = load_references(paper.key)
     written = []
     for table in paper.tables:
@@ -112,22 +113,21 @@ def render_paper(paper, results_dir: Path = Path("results"), runs_dir: Path = Pa
         written.append(path)
     for plot in paper.plots:
         path = out_dir / f"{plot.key}.png"
-        plot.draw(paper=paper, rows=rows, budget=chosen_budget(rows, plot.tables), runs_dir=Path(runs_dir),
-                  path=path)
+        plot.draw(paper=paper, rows=rows, budget=chosen_budget(rows, plot.tables), curves=curves, path=path)
         written.append(path)
     if index:
         write_index(Path(results_dir))
     return written
 
 
-def render_all(papers, results_dir: Path = Path("results"), runs_dir: Path = Path("runs")) -> None:
+def render_all(papers, results_dir: Path = Path("results")) -> None:
     """Every paper's report, then the index. A damaged runs.csv stops its own paper only: the others
     render, that paper's files and the index stay as they were, and ResultsDamaged names it at the end."""
     from benchmarks import get_paper
     damaged = []
     for key in papers:
         try:
-            render_paper(get_paper(key), results_dir, runs_dir, index=False)
+            render_paper(get_paper(key), results_dir, index=False)
         except ResultsDamaged as e:
             damaged.append(str(e))
     if damaged:

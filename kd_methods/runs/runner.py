@@ -3,7 +3,8 @@
 `execute(cfg, ctx)` is the only way a run is trained: it trains the teachers' runs it depends on
 (recursively, each once), takes the run's lock so two processes never train it twice, trains or resumes
 it through the one engine, and records it: `result.json` and `model.pt` in the run folder, a row in
-`results/<paper>/runs.csv` for every table that asked for it.
+`results/<paper>/runs.csv` for every table that asked for it and its per-epoch rows (and its teachers')
+in `results/<paper>/curves.csv`.
 """
 from __future__ import annotations
 
@@ -85,13 +86,21 @@ def _results_row(cfg: dict, result: dict, status: str = "finished") -> dict:
                 best_top1_err=result.get("best_top1_err", ""), wall_s=result.get("wall_s", ""),
                 config_hash=cfg["run_id"], status=status, device=result.get("device", ""),
                 finished_at=result.get("finished_at", ""),
-                extra=json.dumps(result.get("extra", {}), sort_keys=True))
+                extra=json.dumps(result.get("extra", {}), sort_keys=True),
+                teachers=" ".join(t["run_id"] for t in cfg["teachers"] if "run_id" in t))
 
 
 def record(cfg: dict, result: dict, ctx: RunContext, status: str = "finished") -> None:
+    """The run's row in results/<paper>/runs.csv and, when it finished, its and its teachers' per-epoch
+    rows in results/<paper>/curves.csv: everything a report draws, so results/ needs no runs/ folder."""
     paper = cfg.get("labels", {}).get("paper")
     if paper and dist.is_main():
-        append_results_row(ctx.results_dir, paper, _results_row(cfg, result, status))
+        curves = {}
+        if status == "finished":
+            for run_id in [cfg["run_id"]] + [t["run_id"] for t in cfg["teachers"] if "run_id" in t]:
+                curves[run_id] = ctx.store.metrics(run_id)
+        append_results_row(ctx.results_dir, paper, _results_row(cfg, result, status),
+                           curves={k: v for k, v in curves.items() if v})
 
 
 def execute(cfg: dict, ctx: RunContext | None = None) -> dict:
@@ -158,8 +167,8 @@ def _train(cfg: dict, ctx: RunContext) -> None:
         # says "running", and a kill in between resumes from the final checkpoint with nothing to train.
         store.update_manifest(run_id, status="finished", ended_at=result["finished_at"], wall_s=result["wall_s"])
         write_json(run_dir / "result.json", result)
-        # Finished: the training checkpoints (weights + optimizer state, twice model.pt) go; model.pt,
-        # metrics.csv and result.json hold everything a report or a student needs.
+        # Finished: the training checkpoints (weights + optimizer state, twice model.pt) go; model.pt and
+        # result.json hold what a student needs, results/<paper>/ what a report needs.
         for name in ("last.pt", "last.pt.prev"):
             (run_dir / name).unlink(missing_ok=True)
     dist.barrier()
