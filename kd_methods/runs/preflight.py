@@ -21,6 +21,7 @@ import torch
 
 from ..data import DataConfig, get_spec
 from ..engine import distributed as dist
+from ..engine.optim import build_optimizer
 from ..engine.trainer import data_config, init_student
 from ..errors import ConfigError
 from ..methods import METHODS, StepContext, build_method
@@ -73,8 +74,9 @@ def check_data(cfg: dict, found: dict) -> None:
                           f"{batch}; lower batch_size or raise train_subset")
 
 
-def _probe(distiller, input_size: tuple[int, ...], num_classes: int) -> None:
-    """Every stage's training forward (or the eval models' forward) on two random images."""
+def _probe(distiller, input_size: tuple[int, ...], num_classes: int, cfg: dict) -> None:
+    """Every stage's training forward (or the eval models' forward) on two random images, and its
+    optimiser (torch checks its values: Nesterov without momentum, Adam's betas, ...)."""
     images = torch.randn(2, *input_size)
     targets = torch.arange(2) % num_classes
     with torch.no_grad():
@@ -82,6 +84,12 @@ def _probe(distiller, input_size: tuple[int, ...], num_classes: int) -> None:
         distiller.train()
         for stage in stages:
             distiller(images, targets, StepContext(stage))
+            phase = cfg["stages"].get(stage.name, cfg["train"])
+            try:
+                build_optimizer(distiller.parameters_for(stage), phase["optim"])
+            except ValueError as e:
+                where = f"stages.{stage.name}" if stage.name in cfg["stages"] else "train"
+                raise ConfigError(f"{where}.optim: {e}; fix the optimiser's values") from None
         if not stages:
             for model in distiller.eval_models().values():
                 model.eval()(images)
@@ -107,8 +115,9 @@ def preflight(cfgs: Iterable[dict]) -> int:
         input_size = get_spec(cfg["dataset"]).input_size
         n = _num_classes(cfg)
         init = cfg.get("init")
+        optimisers = [cfg["train"]["optim"]] + [cfg["stages"][k]["optim"] for k in sorted(cfg["stages"])]
         key = (cfg["method"], cfg["model"], n, input_size, teacher_keys, init and init["sha256"],
-               json.dumps(cfg["method_args"], sort_keys=True))
+               json.dumps([cfg["method_args"], optimisers], sort_keys=True))
         if key in seen:
             continue
         seen.add(key)
@@ -119,8 +128,8 @@ def preflight(cfgs: Iterable[dict]) -> int:
             if init:
                 init_student(student, init, n)  # sha256 first, then the weights' fit
             try:
-                _probe(build_method(cfg["method"], student, teachers, n, **cfg["method_args"]), input_size, n)
-            except (ValueError, KeyError, RuntimeError) as e:
+                _probe(build_method(cfg["method"], student, teachers, n, **cfg["method_args"]), input_size, n, cfg)
+            except (ValueError, KeyError, RuntimeError, TypeError) as e:
                 names = ", ".join(f"{k[0]} ({k[1]} classes)" for k in teacher_keys) or "no teacher"
                 shape = "x".join(map(str, input_size))
                 reason = (str(e).strip().splitlines() or [type(e).__name__])[0]

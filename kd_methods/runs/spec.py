@@ -124,6 +124,7 @@ SYNTHETIC_FOR = {"cifar100": "synthetic100", "cifar10": "synthetic10", "svhn": "
                  "synthetic_mnist": "synthetic_mnist"}
 NEEDS_REAL_DATA = ("imagenet", "cub200", "market1501")
 DATA_SOURCES = ("auto", "synthetic", "real")
+MAX_GENERATED = 1_000_000  # images of a synthetic split (3 GB as CIFAR-shaped uint8)
 SEED_RANGE = 2 ** 32  # seeds are 0 .. 2**32 - 1 (NumPy's range; torch takes them all)
 LABEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a paper label names a results/ folder
 
@@ -168,8 +169,13 @@ def resolve(spec: ExperimentSpec, budget: Union[Budget, str] = "paper", data: st
     dataset = spec.dataset
     if use_synthetic and dataset in SYNTHETIC_FOR:
         dataset = SYNTHETIC_FOR[dataset]
+    from ..data import get_spec
+    if get_spec(dataset).generated:
+        for key in ("train_subset", "test_subset"):
+            if (getattr(spec, key) or 0) > MAX_GENERATED:
+                raise ConfigError(f"{key}={getattr(spec, key)} on {dataset}, a set generated in memory: at most "
+                                  f"{MAX_GENERATED:,} images; lower it")
     if data == "real":
-        from ..data import get_spec
         if get_spec(dataset).generated:
             real = [k for k, v in SYNTHETIC_FOR.items() if v == dataset and k != dataset]
             raise ConfigError(f"dataset {dataset} is synthetic, but --data real insists on real data; pass "
@@ -399,7 +405,8 @@ def validate(spec: ExperimentSpec, where: str = "config") -> None:
 
 def _check_hyper(value, default, where: str) -> None:
     """A method_args value has its default's kind: a finite number for a number, true/false for a flag,
-    text for text, a list of names for a tuple of names, a mapping of numbers for a mapping of numbers;
+    a name or a list of names for a name, a list of names for a tuple of names, a mapping of numbers for a
+    mapping of numbers;
     a default of None (inferred, e.g. an input size) takes None or a list of positive integers."""
     if isinstance(default, bool):
         _convert(value, bool, where)
@@ -407,8 +414,8 @@ def _check_hyper(value, default, where: str) -> None:
         _convert(value, int, where)
     elif isinstance(default, float):
         _convert(value, float, where)
-    elif isinstance(default, str):
-        _convert(value, str, where)
+    elif isinstance(default, str):  # a name, or several (FitNets' hint points for FSP's stages)
+        _convert(value, Union[str, list[str]], where)
     elif isinstance(default, (tuple, list)):
         _convert(value, list[type(default[0]) if default else Any], where)
     elif isinstance(default, dict):
@@ -442,8 +449,8 @@ def _validate_phase(phase: Phase, where: str) -> None:
         raise ConfigError(f"{where}.optim.lr must be > 0, got {o.lr}")
     if o.weight_decay < 0 or o.momentum < 0:
         raise ConfigError(f"{where}.optim: weight_decay and momentum must be >= 0")
-    if not o.gamma > 0:
-        raise ConfigError(f"{where}.optim.gamma must be > 0 (the factor applied to the lr), got {o.gamma}")
+    if not 0 < o.gamma <= 1:
+        raise ConfigError(f"{where}.optim.gamma must be in (0, 1] (the factor the lr decays by), got {o.gamma}")
     if o.schedule == "step" and not o.step_size > 0:
         raise ConfigError(f"{where}.optim.step_size must be > 0 for the step schedule")
     if sorted(o.milestones) != list(o.milestones):
@@ -475,8 +482,9 @@ def _config_text(path: Path, raw: bytes) -> str:
         return raw.decode(encoding)
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
+        hint = ", UTF-16 without its byte-order mark?" if b"\0" in raw[:80] else ""
         raise ConfigError(f"{path}: not {encoding.upper().replace('-SIG', '')} text (byte 0x{raw[e.start]:02x} "
-                          f"at line {line}); save the file as UTF-8") from None
+                          f"at line {line}{hint}); save the file as UTF-8") from None
 
 
 def load_spec(path: Union[str, Path]) -> ExperimentSpec:
