@@ -47,6 +47,22 @@ def create_model(name: str, num_classes: int, pretrained_file: str | os.PathLike
     return model
 
 
+def model_from_state(name: str, num_classes: int, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """`create_model(name, num_classes)` holding the tensors of `state` (a full state dict of that model),
+    without the random initialisation its weights would replace: the model is built on the meta device
+    and takes the tensors as they are (68M parameters of ResNeXt-29 16x64d: 0.6 s of CPU and a second
+    copy of the weights saved, for every teacher a run loads)."""
+    with torch.device("meta"):
+        model = create_model(name, num_classes=num_classes)
+    persistent = set(model.state_dict())
+    if any(n not in persistent for n, _ in model.named_buffers()):  # a buffer no state dict restores
+        model = create_model(name, num_classes=num_classes)
+        model.load_state_dict(state)
+        return model
+    model.load_state_dict(state, assign=True)
+    return model
+
+
 def _unwrap(obj: Any) -> Mapping[str, torch.Tensor] | None:
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):

@@ -8,6 +8,7 @@ in `results/<paper>/curves.csv`.
 """
 from __future__ import annotations
 
+import gc
 import json
 import time
 from dataclasses import dataclass, field
@@ -16,10 +17,10 @@ from pathlib import Path
 import torch
 
 from ..engine import distributed as dist
-from ..engine.checkpoint import load_checkpoint, load_verified, remove_temporaries, save_atomic
+from ..engine.checkpoint import load_checkpoint, load_verified, remove_temporaries
 from ..engine.trainer import EngineOptions, pick_device, precision, train_run
 from ..errors import CheckpointError, NumericalFault, UserError
-from ..models import create_model
+from ..models.factory import model_from_state
 from .store import RunStore, append_results_row, device_name, write_json
 
 
@@ -36,18 +37,16 @@ def load_run_model(cfg: dict, store: RunStore, which: str | None = None) -> torc
     result = store.result(cfg["run_id"])
     saved = load_checkpoint(store.dir(cfg["run_id"]) / "model.pt")
     name = which or result["model_names"][0]
-    model = create_model(cfg["model"], num_classes=result["num_classes"])
-    model.load_state_dict(saved["models"][name])
-    return model.eval()
+    return model_from_state(cfg["model"], result["num_classes"], saved["models"][name]).eval()
 
 
 def load_teacher(t: dict, store: RunStore | None) -> torch.nn.Module:
     """A teacher in eval mode: a finished run's model, or a pretrained file checked against its sha256."""
     if "pretrained" in t:
         p = t["pretrained"]
-        model = create_model(p["model"], num_classes=p["num_classes"])
+        state = load_verified(Path(p["path"]), p["sha256"])  # its sha256 before anything is built
         try:
-            model.load_state_dict(load_verified(Path(p["path"]), p["sha256"]))
+            model = model_from_state(p["model"], p["num_classes"], state)
         except RuntimeError as e:  # missing, unexpected or reshaped keys, one kind per line
             lines = [line.strip() for line in str(e).splitlines() if line.strip()]
             detail = lines[min(1, len(lines) - 1)]
@@ -116,6 +115,9 @@ def execute(cfg: dict, ctx: RunContext | None = None) -> dict:
         with lock:
             if not store.is_finished(run_id):
                 _train(cfg, ctx)
+                # Feature taps' hooks tie a run's networks into reference cycles: free them before the
+                # next run builds its own, or a reproduction holds several runs' teachers at once.
+                gc.collect()
     result = store.result(run_id)
     record(cfg, result, ctx)
     return result
@@ -159,16 +161,15 @@ def _train(cfg: dict, ctx: RunContext) -> None:
         if dist.is_main():
             store.undo_start(run_id, manifest_before)
         raise
-    if dist.is_main():
-        save_atomic(dict(models=out["models"]), run_dir / "model.pt", keep_previous=False)
+    if dist.is_main():  # train_run wrote model.pt
         result = _summary(cfg, out["history"], time.time() - t0, out["model_names"], out["num_classes"],
                           device_name(device, precision(ctx.opts, device)))
         # The manifest before result.json (the mark of a finished run): a finished run's manifest never
         # says "running", and a kill in between resumes from the final checkpoint with nothing to train.
         store.update_manifest(run_id, status="finished", ended_at=result["finished_at"], wall_s=result["wall_s"])
         write_json(run_dir / "result.json", result)
-        # Finished: the training checkpoints (weights + optimizer state, twice model.pt) go; model.pt and
-        # result.json hold what a student needs, results/<paper>/ what a report needs.
+        # Finished: the training checkpoints (weights + optimizer state of an earlier epoch) go; model.pt
+        # and result.json hold what a student needs, results/<paper>/ what a report needs.
         for name in ("last.pt", "last.pt.prev"):
             (run_dir / name).unlink(missing_ok=True)
     dist.barrier()

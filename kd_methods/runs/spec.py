@@ -449,8 +449,8 @@ def _validate_phase(phase: Phase, where: str) -> None:
         raise ConfigError(f"{where}.optim.lr must be > 0, got {o.lr}")
     if o.weight_decay < 0 or o.momentum < 0:
         raise ConfigError(f"{where}.optim: weight_decay and momentum must be >= 0")
-    if not 0 < o.gamma <= 1:
-        raise ConfigError(f"{where}.optim.gamma must be in (0, 1] (the factor the lr decays by), got {o.gamma}")
+    if not o.gamma > 0:
+        raise ConfigError(f"{where}.optim.gamma must be > 0 (the factor applied to the lr), got {o.gamma}")
     if o.schedule == "step" and not o.step_size > 0:
         raise ConfigError(f"{where}.optim.step_size must be > 0 for the step schedule")
     if sorted(o.milestones) != list(o.milestones):
