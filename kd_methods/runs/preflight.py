@@ -7,14 +7,15 @@ pretrained file is not the one the project recorded. `preflight` checks all of t
 graph before the first one trains, and writes nothing: each pretrained teacher and student init file is
 verified against its sha256 and loaded; each distinct (method, student, teachers, input) combination is
 built once, runs one forward pass of every stage on two random images and builds each stage's optimiser
-(identical teachers count once: five copies of a network connect as one does), on the meta device (shapes
-only, no arithmetic) and, when that fails, again on the CPU with uninitialised weights, whose error is
-the one reported; each distinct dataset is located and counted. So a bad pair fails in seconds with its one-line message instead of after its
+(identical teachers count once: five copies of a network connect as one does): on the CPU with
+uninitialised weights, or, for networks of 10M parameters and more, with fake tensors (shapes without
+arithmetic), the CPU deciding whatever fails there; each distinct dataset is located and counted. So a bad pair fails in seconds with its one-line message instead of after its
 teachers have trained for days.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import json
 from typing import Iterable
@@ -28,6 +29,7 @@ from ..engine.trainer import data_config, init_student
 from ..errors import ConfigError
 from ..methods import METHODS, StepContext, build_method
 from ..models import create_model
+from ..models.features import SHAPES_ONLY_ABOVE
 
 
 def walk(cfgs: Iterable[dict]):
@@ -76,17 +78,28 @@ def check_data(cfg: dict, found: dict) -> None:
                           f"{batch}; lower batch_size or raise train_subset")
 
 
-def _connects_on_meta(cfg: dict, teacher_keys: tuple, num_classes: int, input_size: tuple) -> bool:
-    """The combination built and probed on the meta device: every shape is computed, no arithmetic done
-    (a ResNeXt-29 16x64d forward of two images costs 2 s of CPU). False when anything fails there."""
+@functools.cache
+def _parameters(name: str, num_classes: int) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in create_model(name, num_classes=num_classes).parameters())
+
+
+def _connects_without_arithmetic(cfg: dict, teacher_keys: tuple, num_classes: int, input_size: tuple) -> bool:
+    """For big networks (a ResNeXt-29 16x64d forward of two images costs 2 s of CPU): the combination
+    built and probed with fake tensors, which compute every shape and no value. False when anything
+    fails there (or the networks are small), and the CPU decides."""
+    size = _parameters(cfg["model"], num_classes) + sum(_parameters(k[0], k[1]) for k in teacher_keys)
+    if size < SHAPES_ONLY_ABOVE:
+        return False
+    from torch._subclasses.fake_tensor import FakeTensorMode
     try:
-        with torch.device("meta"):
+        with FakeTensorMode():
             teachers = [create_model(k[0], num_classes=k[1]) for k in teacher_keys]
             student = create_model(cfg["model"], num_classes=num_classes)
             _probe(build_method(cfg["method"], student, teachers, num_classes, **cfg["method_args"]), input_size,
                    num_classes, cfg)
         return True
-    except Exception:  # a real error, or an operation meta tensors do not support: the CPU run decides
+    except Exception:  # a real error, or a value-dependent operation fake tensors cannot run
         return False
 
 
@@ -146,10 +159,10 @@ def preflight(cfgs: Iterable[dict]) -> int:
             continue
         seen.add(key)
         with torch.random.fork_rng(devices=[]):
-            if not init and _connects_on_meta(cfg, teacher_keys, n, input_size):
+            if not init and _connects_without_arithmetic(cfg, teacher_keys, n, input_size):
                 continue
-            # For real (uninitialised weights on the CPU): what the meta run tripped on, a shape error or
-            # an operation without a meta kernel, decides here, with the CPU's own message.
+            # For real (uninitialised weights on the CPU): small networks, and whatever the fake run
+            # tripped on (a shape error, a value-dependent operation), decided with the CPU's own message.
             fresh = {k: _uninitialised(k[0], k[1]) for k in teacher_keys if k not in pretrained}
             teachers = [copy.deepcopy(pretrained[k]) if k in pretrained else fresh[k] for k in teacher_keys]
             student = _uninitialised(cfg["model"], n)
