@@ -195,7 +195,7 @@ def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineO
 
     seed_everything(cfg["seed"])
     data = build_data(data_config(cfg, dist.world_size()), device, rank=dist.rank(), world_size=dist.world_size())
-    student = create_model(cfg["model"], num_classes=data.num_classes)
+    student = create_model(cfg["model"], num_classes=data.num_classes, in_chans=data.input_size[0])
     if cfg.get("init"):
         init_student(student, cfg["init"], data.num_classes)
     distiller = build_method(cfg["method"], student, teachers, data.num_classes, **cfg["method_args"])

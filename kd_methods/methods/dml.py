@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..functional import dml_loss, ensemble_kd_loss
-from ..models import create_model
+from ..models import create_model, input_channels
 from .base import METHODS, Distiller, Hyper, Stage, StepContext
 
 VARIANTS = ("dml", "dml_e")
@@ -72,7 +72,8 @@ class DML(Distiller):
             raise ConfigError(f"dml: unknown variant {self.hp['variant']!r}; valid: {', '.join(VARIANTS)}")
         if not self.hp["temperature"] > 0:
             raise ConfigError(f"dml: temperature must be > 0, got {self.hp['temperature']!r}")
-        self.peers = nn.ModuleList(create_model(name, num_classes) for name in peers)
+        channels = input_channels(student)  # the peers see the student's images
+        self.peers = nn.ModuleList(create_model(name, num_classes, in_chans=channels) for name in peers)
 
     @property
     def networks(self) -> list[nn.Module]:

@@ -70,8 +70,17 @@ def table_summaries(table, rows: list[dict], budget: str | None) -> dict:
     return summaries
 
 
-def table_status(paper, table, rows: list[dict], refs: dict) -> dict:
-    """One line of the results index: what ran, on what, and how far from the paper."""
+def table_comparisons(table, summaries: dict, curves: dict[str, list[dict]]) -> list[dict]:
+    """The table's claims (`Table.comparisons`) computed on its runs and their per-epoch rows (`curves`:
+    run_id -> rows, as `read_curves` returns them); see `compare`."""
+    from .compare import compare
+    return [compare(c, summaries, metric_value, lambda run_id: curves.get(run_id, []))
+            for c in getattr(table, "comparisons", ())]
+
+
+def table_status(paper, table, rows: list[dict], refs: dict, curves: dict[str, list[dict]]) -> dict:
+    """One line of the results index: what ran, on what, how far from the paper, and the verdicts of
+    the table's claims."""
     from .markdown import to_paper_metric
 
     budget = chosen_budget(rows, (table.key,))
@@ -86,7 +95,9 @@ def table_status(paper, table, rows: list[dict], refs: dict) -> dict:
     for s in summaries.values():
         if not s["n"] and s["reason"].startswith("not run: "):
             needs += [n for n in s["reason"][len("not run: "):].split("; ") if n not in needs]
+    verdicts = [c["verdict"] for c in table_comparisons(table, summaries, curves) if c["n"]]
     return dict(budget=budget, cells=len(summaries), ran=sum(1 for s in summaries.values() if s["n"]),
+                verdicts=verdicts, claims=len(getattr(table, "comparisons", ())),
                 not_run="not run" + (": " + "; ".join(needs) if needs else ""),
                 datasets=sorted({r["dataset"] for r in ran}),
                 devices=sorted({r["device"] for r in ran if r["device"]}),
@@ -107,7 +118,9 @@ def render_paper(paper, results_dir: Path = Path("results"), index: bool = True)
     written = []
     for table in paper.tables:
         budget = chosen_budget(rows, (table.key,))
-        text = render_table_markdown(paper, table, table_summaries(table, rows, budget), refs, budget)
+        summaries = table_summaries(table, rows, budget)
+        text = render_table_markdown(paper, table, summaries, refs, budget,
+                                     table_comparisons(table, summaries, curves))
         path = out_dir / f"{table.key}.md"
         write_text(path, text)
         written.append(path)
@@ -146,8 +159,9 @@ def write_index(results_dir: Path) -> None:
     for key in PAPER_MODULES:
         paper = get_paper(key)
         rows = read_results(Path(results_dir) / key / "runs.csv")
+        curves = read_curves(Path(results_dir) / key / "curves.csv")
         refs = load_references(key)
-        papers.append((paper, [(t, table_status(paper, t, rows, refs)) for t in paper.tables]))
+        papers.append((paper, [(t, table_status(paper, t, rows, refs, curves)) for t in paper.tables]))
     write_text(Path(results_dir) / "README.md", render_index(Path(results_dir), papers))
 
 

@@ -9,8 +9,8 @@ verified against its sha256 and loaded; each distinct (method, student, teachers
 built once, runs one forward pass of every stage on two random images and builds each stage's optimiser
 (identical teachers count once: five copies of a network connect as one does): on the CPU with
 uninitialised weights, or, for networks of 10M parameters and more, with fake tensors (shapes without
-arithmetic), the CPU deciding whatever fails there; each distinct dataset is located and counted. So a bad pair fails in seconds with its one-line message instead of after its
-teachers have trained for days.
+arithmetic), the CPU deciding whatever fails there; each distinct dataset is located and counted. So a
+bad pair fails in seconds with its one-line message instead of after its teachers have trained for days.
 """
 from __future__ import annotations
 
@@ -43,10 +43,13 @@ def _num_classes(cfg: dict) -> int:
 
 
 def _teacher_key(t: dict) -> tuple:
+    """(model, classes, image channels, ...): what builds the teacher (channels None: a pretrained file's
+    network, built as saved)."""
+    from .runner import image_channels
     if "pretrained" in t:
         p = t["pretrained"]
-        return p["model"], p["num_classes"], p["path"], p["sha256"]
-    return t["model"], _num_classes(t)
+        return p["model"], p["num_classes"], None, p["path"], p["sha256"]
+    return t["model"], _num_classes(t), image_channels(t)
 
 
 def _train_size(cfg: dict, found: dict) -> int | None:
@@ -79,23 +82,24 @@ def check_data(cfg: dict, found: dict) -> None:
 
 
 @functools.cache
-def _parameters(name: str, num_classes: int) -> int:
+def _parameters(name: str, num_classes: int, in_chans: int | None = None) -> int:
     with torch.device("meta"):
-        return sum(p.numel() for p in create_model(name, num_classes=num_classes).parameters())
+        return sum(p.numel() for p in create_model(name, num_classes=num_classes, in_chans=in_chans).parameters())
 
 
 def _connects_without_arithmetic(cfg: dict, teacher_keys: tuple, num_classes: int, input_size: tuple) -> bool:
     """For big networks (a ResNeXt-29 16x64d forward of two images costs 2 s of CPU): the combination
     built and probed with fake tensors, which compute every shape and no value. False when anything
     fails there (or the networks are small), and the CPU decides."""
-    size = _parameters(cfg["model"], num_classes) + sum(_parameters(k[0], k[1]) for k in teacher_keys)
+    size = (_parameters(cfg["model"], num_classes, input_size[0])
+            + sum(_parameters(k[0], k[1], k[2]) for k in teacher_keys))
     if size < SHAPES_ONLY_ABOVE:
         return False
     from torch._subclasses.fake_tensor import FakeTensorMode
     try:
         with FakeTensorMode():
-            teachers = [create_model(k[0], num_classes=k[1]) for k in teacher_keys]
-            student = create_model(cfg["model"], num_classes=num_classes)
+            teachers = [create_model(k[0], num_classes=k[1], in_chans=k[2]) for k in teacher_keys]
+            student = create_model(cfg["model"], num_classes=num_classes, in_chans=input_size[0])
             _probe(build_method(cfg["method"], student, teachers, num_classes, **cfg["method_args"]), input_size,
                    num_classes, cfg)
         return True
@@ -103,11 +107,11 @@ def _connects_without_arithmetic(cfg: dict, teacher_keys: tuple, num_classes: in
         return False
 
 
-def _uninitialised(name: str, num_classes: int) -> torch.nn.Module:
+def _uninitialised(name: str, num_classes: int, in_chans: int | None) -> torch.nn.Module:
     """The model with memory for its weights but no initialisation (its values do not matter here, only
     its shapes: a ResNeXt-29 16x64d's init alone takes 0.6 s of CPU)."""
     with torch.device("meta"):
-        model = create_model(name, num_classes=num_classes)
+        model = create_model(name, num_classes=num_classes, in_chans=in_chans)
     return model.to_empty(device="cpu")
 
 
@@ -163,9 +167,9 @@ def preflight(cfgs: Iterable[dict]) -> int:
                 continue
             # For real (uninitialised weights on the CPU): small networks, and whatever the fake run
             # tripped on (a shape error, a value-dependent operation), decided with the CPU's own message.
-            fresh = {k: _uninitialised(k[0], k[1]) for k in teacher_keys if k not in pretrained}
+            fresh = {k: _uninitialised(k[0], k[1], k[2]) for k in teacher_keys if k not in pretrained}
             teachers = [copy.deepcopy(pretrained[k]) if k in pretrained else fresh[k] for k in teacher_keys]
-            student = _uninitialised(cfg["model"], n)
+            student = _uninitialised(cfg["model"], n, input_size[0])
             if init:
                 init_student(student, init, n)  # sha256 first, then the weights' fit
             try:
