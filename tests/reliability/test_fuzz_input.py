@@ -29,8 +29,8 @@ from kd_methods.cli import main
 ROOT = Path(__file__).resolve().parents[2]
 FUZZ = dict(derandomize=True, database=None, deadline=None, print_blob=False,
             phases=[Phase.explicit, Phase.generate, Phase.shrink],
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                       HealthCheck.data_too_large])
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                   HealthCheck.data_too_large])
 
 
 def fuzz(examples: int) -> settings:
