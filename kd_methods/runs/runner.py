@@ -172,7 +172,8 @@ def _train(cfg: dict, ctx: RunContext) -> None:
         result = _summary(cfg, out["history"], time.time() - t0, out["model_names"], out["num_classes"],
                           device_name(device, precision(ctx.opts, device)))
         # The manifest before result.json (the mark of a finished run): a finished run's manifest never
-        # says "running", and a kill in between resumes from the final checkpoint with nothing to train.
+        # says "running", and a kill in between resumes from the last checkpoint and trains the final
+        # epoch again (its weights went to model.pt, not to a checkpoint).
         store.update_manifest(run_id, status="finished", ended_at=result["finished_at"], wall_s=result["wall_s"])
         write_json(run_dir / "result.json", result)
         # Finished: the training checkpoints (weights + optimizer state of an earlier epoch) go; model.pt
