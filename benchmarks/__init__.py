@@ -30,10 +30,10 @@ def all_papers() -> list[Paper]:
     return [get_paper(key) for key in PAPER_MODULES]
 
 
-def render(keys=PAPER_MODULES, results_dir: Path = Path("results"), runs_dir: Path = Path("runs")) -> None:
-    """Re-render the reports of papers `keys` from their runs.csv, then the index of every paper."""
+def render(keys=PAPER_MODULES, results_dir: Path = Path("results")) -> None:
+    """Re-render the reports of papers `keys` from their results/ files, then the index of every paper."""
     from kd_methods.report import render_all
-    render_all([get_paper(k) for k in keys], Path(results_dir), Path(runs_dir), index=all_papers())
+    render_all([get_paper(k) for k in keys], Path(results_dir), index=all_papers())
 
 
 def reproduce(key: str, budget: str = "paper", data: str = "auto", data_root: str = "data", ctx=None,
@@ -42,17 +42,18 @@ def reproduce(key: str, budget: str = "paper", data: str = "auto", data_root: st
     unless `executor` says otherwise), then render its report and the results index."""
     from kd_methods.engine import distributed as dist
     from kd_methods.report import render_paper
+    from kd_methods.errors import RunsFailed
     from kd_methods.runs.reproduce import reproduce as train
     from kd_methods.runs.runner import RunContext
-
-    from kd_methods.errors import RunsFailed
+    from kd_methods.runs.store import check_results
 
     ctx = ctx or RunContext()
     paper = get_paper(key)
+    check_results(ctx.results_dir, paper.key)  # a damaged runs.csv stops before any training
 
     def render():
         if dist.is_main():  # under torchrun every rank trains, rank 0 writes
-            render_paper(paper, results_dir=Path(ctx.results_dir), runs_dir=ctx.store.root, index=all_papers())
+            render_paper(paper, results_dir=Path(ctx.results_dir), index=all_papers())
     try:
         train(paper, budget, data, data_root, ctx, tables, seeds, executor)
     except RunsFailed:  # the runs that finished are reported all the same

@@ -249,7 +249,7 @@ def baselines() -> Table:
 
 
 # -- the summary plot ---------------------------------------------------------------------------------
-def draw_verdicts(paper, rows, budget, runs_dir, path):
+def draw_verdicts(paper, rows, budget, curves, path):
     """Every claim's paired difference with its 95% interval (a forest plot): differences in test error
     above, FSP's iterations saved below, each row labelled with its verdict."""
     from matplotlib.figure import Figure
@@ -257,7 +257,7 @@ def draw_verdicts(paper, rows, budget, runs_dir, path):
     from kd_methods.report import table_comparisons, table_summaries
 
     found = [(t.key, c) for t in paper.tables
-             for c in table_comparisons(t, table_summaries(t, rows, budget), runs_dir)]
+             for c in table_comparisons(t, table_summaries(t, rows, budget), curves)]
     panels = [(kind, [(k, c) for k, c in found if c["kind"] == kind], label) for kind, label in
               (("final", "paired difference in test error, points (> 0 supports the claim)"),
                ("iterations", "iterations saved (> 0 supports the claim)"))]

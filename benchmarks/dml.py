@@ -276,7 +276,7 @@ def _as_paper(v: float, metric: str) -> float:
     return 100.0 - v if metric.endswith("top1_err") else v
 
 
-def draw_cohort(paper, rows, budget, runs_dir, path):
+def draw_cohort(paper, rows, budget, curves, path):
     """Mean and best network against the cohort size K, one panel per cohort table."""
     from matplotlib.figure import Figure
 
@@ -304,7 +304,7 @@ def draw_cohort(paper, rows, budget, runs_dir, path):
     save(fig, path)
 
 
-def draw_dmle(paper, rows, budget, runs_dir, path):
+def draw_dmle(paper, rows, budget, curves, path):
     """Cohort-mean accuracy of DML and DML_e against K (DML_e runs are their own; DML's the cohort's)."""
     from matplotlib.figure import Figure
 
@@ -341,7 +341,7 @@ def draw_dmle(paper, rows, budget, runs_dir, path):
     save(fig, path)
 
 
-def draw_gains(paper, rows, budget, runs_dir, path):
+def draw_gains(paper, rows, budget, curves, path):
     """Table 2: DML - Independent accuracy gain per network, ours against the paper's."""
     from matplotlib.figure import Figure
 

@@ -27,7 +27,7 @@ What is declared here, and how cells map to runs:
   reported "not run" without it.
 - Figures 4 and 5 (`fig4`, `fig5` probe tables and plots): the paraphraser of Factor Transfer is trained
   to reconstruct a trained model's final feature map; its reconstruction loss per epoch, read from the
-  probe run's "paraphraser" stage rows of metrics.csv, is the curve. A probe is an `ft` run whose
+  probe run's "paraphraser" stage rows of its per-epoch metrics, is the curve. A probe is an `ft` run whose
   teacher is the probed model (Figure 4: the sFEED stacks; Figure 5: scratch, KD and pFEED students).
 
 FEED's numbers, beta and training settings were not available: every reference value is empty

@@ -1,12 +1,12 @@
-"""FEED's figures, drawn from finished runs: runs.csv rows plus each run's metrics.csv.
+"""FEED's figures, drawn from finished runs: runs.csv rows plus their per-epoch rows (curves.csv).
 
 - `draw_probe_curves(table)`: Figures 4-5, the FT paraphraser's reconstruction loss per epoch
-  (`loss_rec` in the "paraphraser" stage rows of each probe run's metrics.csv), one line per probed model.
+  (`loss_rec` in the "paraphraser" stage rows of each probe run's curve), one line per probed model.
 - `draw_stacks(table)`: Table 4, top-1 error against the stack index, one line per method; Stack-0 is
-  the teacher of the Stack-1 run (read from that run's config.json).
+  the teacher of the Stack-1 run (its runs.csv row names it; its curve gives its error).
 - `draw_training_curves(table)`: test top-1 error per epoch of each cell's first run, one panel per row.
 
-Each factory returns a `draw(paper, rows, budget, runs_dir, path)` for `benchmarks.core.Plot`. Figures
+Each factory returns a `draw(paper, rows, budget, curves, path)` for `benchmarks.core.Plot`. Figures
 use the budget the report chose; smoke/synthetic figures say so in their title, and a figure with no
 finished runs says how to produce them.
 """
@@ -21,7 +21,7 @@ from .plots import cell_runs, empty_panel, figure_title, paper_table, read_metri
 def draw_probe_curves(table_key: str, loss: str = "loss_rec", stage: str = "paraphraser"):
     """Figure 4/5: reconstruction loss per paraphraser epoch, one line per probe cell of `table_key`."""
 
-    def draw(paper, rows, budget, runs_dir, path):
+    def draw(paper, rows, budget, curves, path):
         table = paper_table(paper, table_key)
         fig = Figure(figsize=(6.4, 4.2), layout="constrained")
         ax = fig.add_subplot()
@@ -30,7 +30,7 @@ def draw_probe_curves(table_key: str, loss: str = "loss_rec", stage: str = "para
             runs = cell_runs(rows, table.key, cell, budget)
             if not runs:
                 continue
-            points = [(r["stage_epoch"], r[loss]) for r in read_metrics(runs_dir, runs[0]["run_id"])
+            points = [(r["stage_epoch"], r[loss]) for r in read_metrics(curves, runs[0]["run_id"])
                       if r.get("stage") == stage and isinstance(r.get(loss), float)]
             if points:
                 ax.plot(*zip(*points), marker="o", markersize=3, label=cell.col)
@@ -52,7 +52,7 @@ def draw_probe_curves(table_key: str, loss: str = "loss_rec", stage: str = "para
 def draw_stacks(table_key: str):
     """Table 4: top-1 error (mean over a cell's runs) against the stack index, one line per row."""
 
-    def draw(paper, rows, budget, runs_dir, path):
+    def draw(paper, rows, budget, curves, path):
         table = paper_table(paper, table_key)
         fig = Figure(figsize=(6.4, 4.2), layout="constrained")
         ax = fig.add_subplot()
@@ -65,7 +65,7 @@ def draw_stacks(table_key: str):
                     continue
                 stack = int(cell.col.split("-")[-1])
                 if stack == 1:
-                    base = teacher_error(runs_dir, runs[0]["run_id"])
+                    base = teacher_error(rows, curves, runs[0]["run_id"])
                     if base is not None:
                         xs.append(0)
                         ys.append(base)
@@ -91,10 +91,10 @@ def draw_stacks(table_key: str):
 def draw_training_curves(table_key: str):
     """Test top-1 error per epoch of the final stage, first run of each cell; one panel per table row.
 
-    Evaluation-only cells (one row in metrics.csv, e.g. the label ensemble) are drawn as dashed lines.
+    Evaluation-only cells (one row in their curve, e.g. the label ensemble) are drawn as dashed lines.
     """
 
-    def draw(paper, rows, budget, runs_dir, path):
+    def draw(paper, rows, budget, curves, path):
         table = paper_table(paper, table_key)
         n = len(table.rows)
         fig = Figure(figsize=(5.0 * min(n, 2), 3.6 * ((n + 1) // 2)), layout="constrained")
@@ -104,7 +104,7 @@ def draw_training_curves(table_key: str):
             drawn = False
             for j, cell in enumerate(c for c in table.cells if c.row == row):
                 runs = cell_runs(rows, table.key, cell, budget)
-                history = read_metrics(runs_dir, runs[0]["run_id"]) if runs else []
+                history = read_metrics(curves, runs[0]["run_id"]) if runs else []
                 if not history:
                     continue
                 final = [r for r in history if r.get("stage") == history[-1].get("stage")]

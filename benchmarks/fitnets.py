@@ -186,7 +186,7 @@ def table5() -> Table:
                  paper_metric="top1_acc", notes=notes)
 
 
-def draw_tradeoff(paper, rows, budget, runs_dir, path):
+def draw_tradeoff(paper, rows, budget, curves, path):
     """Table 5: test accuracy against the paper's multiplications per image, ours beside the paper's."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter, ScalarFormatter

@@ -246,7 +246,7 @@ def table5() -> Table:
 
 # -- plot --------------------------------------------------------------------------------------------
 def iteration_curve(metrics: list[dict]) -> tuple[list[float], list[float]]:
-    """(iterations used so far, test accuracy %) per epoch row of a run's metrics.csv, stages chained."""
+    """(iterations used so far, test accuracy %) per epoch row of a run's curve, stages chained."""
     xs, ys, offset, stage, last = [], [], 0.0, None, 0.0
     for r in metrics:
         if not isinstance(r.get("stage_iteration"), float) or not isinstance(r.get("top1_err"), float):
@@ -259,7 +259,7 @@ def iteration_curve(metrics: list[dict]) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
-def draw_accuracy_vs_iteration(paper, rows, budget, runs_dir, path):
+def draw_accuracy_vs_iteration(paper, rows, budget, curves, path):
     """Test accuracy against iterations of each row's net1 run, Tables 1 and 2 side by side."""
     from matplotlib.figure import Figure
 
@@ -271,7 +271,7 @@ def draw_accuracy_vs_iteration(paper, rows, budget, runs_dir, path):
         ax = fig.add_subplot(1, len(tables), i + 1)
         for cell in (c for c in table.cells if c.col == "net1"):
             found = cell_runs(rows, table.key, cell, budget)
-            xs, ys = iteration_curve(read_metrics(runs_dir, found[0]["run_id"])) if found else ([], [])
+            xs, ys = iteration_curve(read_metrics(curves, found[0]["run_id"])) if found else ([], [])
             if xs:
                 ax.plot(xs, ys, marker="o", markersize=2, linewidth=1, label=cell.row)
                 used.append(found[0])

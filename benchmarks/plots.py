@@ -1,10 +1,9 @@
-"""What every paper's plots share: finished runs of a cell, a run's metrics.csv, titles that label smoke
-and synthetic figures, atomic PNG writes, and empty panels that say how to fill them."""
+"""What every paper's plots share: finished runs of a cell, a run's per-epoch rows (results/<paper>/curves.csv),
+titles that label smoke and synthetic figures, deterministic atomic PNG writes, and empty panels that say how
+to fill them."""
 from __future__ import annotations
 
-import csv
 import io
-import json
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -24,32 +23,19 @@ def cell_runs(rows: list[dict], table_key: str, cell, budget: str | None) -> lis
             and r["label"] == label and r["budget"] == budget]
 
 
-def read_metrics(runs_dir: Path, run_id: str) -> list[dict]:
-    """A run's per-epoch rows (numbers as floats where they parse); [] if the file is missing."""
-    path = Path(runs_dir) / run_id / "metrics.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{k: number(v) for k, v in r.items()} for r in csv.DictReader(f)]
+def read_metrics(curves: dict[str, list[dict]], run_id: str) -> list[dict]:
+    """A run's per-epoch rows from results/<paper>/curves.csv (numbers as floats); [] if it has none."""
+    return curves.get(run_id, [])
 
 
-def teacher_error(runs_dir: Path, run_id: str) -> float | None:
-    """Top-1 error of the first teacher of run `run_id` (a finished run of the same store), else None."""
-    cfg_path = Path(runs_dir) / run_id / "config.json"
-    if not cfg_path.is_file():
-        return None
-    teachers = json.loads(cfg_path.read_text()).get("teachers", [])
-    if not teachers or "run_id" not in teachers[0]:
-        return None
-    result = Path(runs_dir) / teachers[0]["run_id"] / "result.json"
-    return float(json.loads(result.read_text())["top1_err"]) if result.is_file() else None
-
-
-def number(v: str):
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return v
+def teacher_error(rows: list[dict], curves: dict[str, list[dict]], run_id: str) -> float | None:
+    """Top-1 error of the first teacher of run `run_id` (its runs.csv row's `teachers`; the error is the
+    teacher's last curves.csv row, as in its result), else None."""
+    row = next((r for r in rows if r["run_id"] == run_id), {})
+    teachers = (row.get("teachers") or "").split()
+    history = curves.get(teachers[0], []) if teachers else []
+    last = history[-1].get("top1_err") if history else None
+    return last if isinstance(last, float) else None
 
 
 def paper_table(paper, key: str):
@@ -67,7 +53,9 @@ def figure_title(title: str, budget: str | None, rows: list[dict]) -> str:
 
 def save(fig: Figure, path: Path) -> None:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    # No metadata beyond the image (matplotlib writes its version otherwise): the same runs give the same
+    # bytes, so a fresh clone's `make report` leaves the committed plots as they are.
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda f: f.write(buf.getvalue()))

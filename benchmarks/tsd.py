@@ -131,7 +131,7 @@ def _mean_error(rows, table, cell, budget) -> tuple[float | None, list[dict]]:
 def _draw_lines(prefix: str, title: str, xlabel: str, x_of):
     """One panel per network (tables whose key starts with `prefix`), one line per term (table row)."""
 
-    def draw(paper, rows, budget, runs_dir, path):
+    def draw(paper, rows, budget, curves, path):
         from matplotlib.figure import Figure
 
 

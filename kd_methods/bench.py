@@ -866,9 +866,10 @@ def render_readme(table: list[dict], settings: Settings, builder: Builder, load_
         (key, choice), = list(pf.choices.items())[:1]
         timing = pf.timings.get(key, {})
         measured = ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in timing.items())
+        how = (f"its own one-off measurement: {measured}" if timing else
+               "without measuring: on a CPU only the loop can win, as the rows above show")
         strategy = (f"`ParallelForward(strategy=\"auto\")` on this device picked **{choice}** for 5 "
-                    f"{label(settings.large)} teachers at batch {key[0][0]} (its own one-off measurement: "
-                    f"{measured}).")
+                    f"{label(settings.large)} teachers at batch {key[0][0]} ({how}).")
     skipped = "\n".join(f"- {line}" for line in builder.skipped) or "- none"
     cuda_note = ("CUDA: each sample is timed with CUDA events, with `torch.cuda.synchronize` only before and "
                  "after the block of steps." if settings.cuda else

@@ -22,6 +22,13 @@ from .errors import NumericalFault, RunsFailed, UserError
 PAPERS = ("feed", "dml", "fitnets", "fsp", "tsd", "claims")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, as every other bad input's (its usage is a --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"kd-bench: error: {self.prog}: {printable(message)}; see {self.prog} --help\n")
+
+
 def _selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("paper", choices=PAPERS)
     p.add_argument("--tables", nargs="*", default=None, help="only these tables (e.g. table1 table2)")
@@ -47,7 +54,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kd-bench", description=__doc__.splitlines()[0])
+    parser = Parser(prog="kd-bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="train one experiment spec (YAML)")
@@ -88,7 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="re-render tables and plots from results/<paper>/runs.csv")
     p.add_argument("papers", nargs="*", default=list(PAPERS))
     p.add_argument("--results-dir", default=os.environ.get("KD_RESULTS", "results"))
-    p.add_argument("--runs-dir", default=os.environ.get("KD_RUNS", "runs"))
 
     p = sub.add_parser("bench", help="time training steps against a textbook reference loop")
     p.add_argument("--device", default="auto")
@@ -134,6 +140,9 @@ def cmd_run(args) -> int:
     if args.seed is not None:
         spec.seed = args.seed
     cfg = resolve(spec, args.budget, data=args.data, data_root=args.data_root)
+    if spec.paper:
+        from .runs.store import check_results
+        check_results(Path(args.results_dir), spec.paper)
     preflight([cfg])
     result = execute(cfg, _context(args))
     if not dist.is_main():
@@ -178,7 +187,7 @@ def cmd_plan(args) -> int:
 
 def cmd_report(args) -> int:
     from benchmarks import render
-    render(args.papers, results_dir=Path(args.results_dir), runs_dir=Path(args.runs_dir))
+    render(args.papers, results_dir=Path(args.results_dir))
     return 0
 
 
@@ -211,7 +220,10 @@ def _raise_stopped(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0), or a bad argument (2, its one line already printed)
+        return e.code
     from .engine import distributed as dist
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_stopped) if in_main_thread else None
@@ -219,14 +231,15 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warnings(warnings.showwarning)
             dist.init_from_env(getattr(args, "device", "auto"))
+            _check_args(args)
             status = COMMANDS[args.command](args)
         dist.shutdown()
         return status
     except UserError as e:
-        print(f"kd-bench: {_where(dist)}error: {e}", file=sys.stderr)
+        print(f"kd-bench: {_where(dist)}error: {printable(str(e))}", file=sys.stderr)
         return 2
     except NumericalFault as e:
-        print(f"kd-bench: {_where(dist)}training diverged: {e}", file=sys.stderr)
+        print(f"kd-bench: {_where(dist)}training diverged: {printable(str(e))}", file=sys.stderr)
         return 3
     except RunsFailed as e:
         print(f"kd-bench: {e}", file=sys.stderr)
@@ -248,6 +261,32 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _check_args(args) -> None:
+    """Arguments every command shares, checked before any work: the device exists here, and the folders
+    it writes are folders (or can become ones)."""
+    from .engine.trainer import pick_device
+    from .errors import ConfigError
+
+    if getattr(args, "device", None) is not None:
+        pick_device(args.device)
+    for flag in ("runs_dir", "results_dir", "out"):
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        option = "--" + flag.replace("_", "-")
+        path = Path(value)
+        if not value or (path.exists() and not path.is_dir()):
+            raise ConfigError(f"{option} {value!r} is not a folder; pass a folder path")
+        existing = next((p for p in [path, *path.absolute().parents] if p.exists()), None)
+        if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"{option} {value!r}: cannot write under {existing}; pass a folder you can write to")
+
+
+def printable(message: str) -> str:
+    """One line: control characters (a newline inside a quoted YAML key, say) shown as escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def _one_line_warnings(default):

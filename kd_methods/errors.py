@@ -17,6 +17,10 @@ class CheckpointError(UserError):
     """A checkpoint or pretrained file that is truncated, corrupt or fails its checksum."""
 
 
+class ResultsDamaged(UserError):
+    """A results file (runs.csv) that does not parse: named with its line, and never rewritten."""
+
+
 class NumericalFault(Exception):
     """A NaN or inf loss: the run stops, keeps its last good checkpoint and records the failure."""
 

@@ -174,7 +174,7 @@ def test_plots_draw_from_runs_and_without_runs(paper, tmp_path):
     for plot in paper.plots:
         for name, given in (("empty", []), ("full", rows)):
             path = tmp_path / f"{plot.key}_{name}.png"
-            plot.draw(paper=paper, rows=given, budget="smoke" if given else None, runs_dir=tmp_path, path=path)
+            plot.draw(paper=paper, rows=given, budget="smoke" if given else None, curves={}, path=path)
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

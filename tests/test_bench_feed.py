@@ -1,6 +1,5 @@
 """FEED's benchmark declaration: every cell resolves, teachers are shared, references match, plots draw."""
 import csv
-import json
 
 import pytest
 
@@ -166,45 +165,38 @@ def test_references_cover_exactly_the_numeric_cells(paper):
         assert f"Table {key[0][-1]}" in ref["source"]
 
 
-def fake_run(runs_dir, results, run_id, table_key, c, metrics, teacher=None, top1=50.0, budget="smoke"):
-    folder = runs_dir / run_id
-    folder.mkdir(parents=True)
-    with open(folder / "metrics.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(metrics[0]))
-        w.writeheader()
-        w.writerows(metrics)
-    teachers = [{"run_id": teacher}] if teacher else []
-    (folder / "config.json").write_text(json.dumps({"teachers": teachers}))
-    (folder / "result.json").write_text(json.dumps({"top1_err": top1}))
+def fake_run(curves, results, run_id, table_key, c, metrics, teacher=None, top1=50.0, budget="smoke"):
+    curves[run_id] = [{k: v for k, v in m.items() if v != ""} for m in metrics]
     results.append({**dict.fromkeys(RUNS_COLUMNS, ""), "run_id": run_id, "table": table_key,
                     "label": cell_label(c), "budget": budget, "status": "finished", "dataset": "synthetic100",
-                    "top1_err": str(top1)})
+                    "top1_err": str(top1), "teachers": teacher or ""})
 
 
 def test_plot_helpers_read_probe_rows_and_the_stack0_teacher(paper, tmp_path):
     from benchmarks import plots as feed_plots
 
-    runs_dir, rows = tmp_path / "runs", []
+    curves, rows = {}, []
     probe = table(paper, "fig4").cells[2]
-    fake_run(runs_dir, rows, "p1", "fig4", probe, [
-        {"epoch": 1, "stage": "paraphraser", "stage_epoch": 1, "loss_rec": 0.5, "top1_err": 99.0},
-        {"epoch": 2, "stage": "paraphraser", "stage_epoch": 2, "loss_rec": 0.25, "top1_err": 99.0},
-        {"epoch": 3, "stage": "train", "stage_epoch": 1, "loss_rec": "", "top1_err": 98.0}])
-    fake_run(runs_dir, rows, "t0", "other", cell(paper, "table2", "ResNet-56", "Scratch"),
-             [{"epoch": 1, "stage": "train", "stage_epoch": 1, "top1_err": 40.0}], top1=40.0)
-    fake_run(runs_dir, rows, "s1", "table4", cell(paper, "table4", "KD", "Stack-1"),
-             [{"epoch": 1, "stage": "train", "stage_epoch": 1, "top1_err": 35.0}], teacher="t0", top1=35.0)
+    fake_run(curves, rows, "p1", "fig4", probe, [
+        {"epoch": 1.0, "stage": "paraphraser", "stage_epoch": 1.0, "loss_rec": 0.5, "top1_err": 99.0},
+        {"epoch": 2.0, "stage": "paraphraser", "stage_epoch": 2.0, "loss_rec": 0.25, "top1_err": 99.0},
+        {"epoch": 3.0, "stage": "train", "stage_epoch": 1.0, "loss_rec": "", "top1_err": 98.0}])
+    fake_run(curves, rows, "t0", "other", cell(paper, "table2", "ResNet-56", "Scratch"),
+             [{"epoch": 1.0, "stage": "train", "stage_epoch": 1.0, "top1_err": 40.0}], top1=40.0)
+    fake_run(curves, rows, "s1", "table4", cell(paper, "table4", "KD", "Stack-1"),
+             [{"epoch": 1.0, "stage": "train", "stage_epoch": 1.0, "top1_err": 35.0}], teacher="t0", top1=35.0)
     assert [r["run_id"] for r in feed_plots.cell_runs(rows, "fig4", probe, "smoke")] == ["p1"]
     assert feed_plots.cell_runs(rows, "fig4", probe, "paper") == []
-    paraphraser = [r["loss_rec"] for r in feed_plots.read_metrics(runs_dir, "p1") if r["stage"] == "paraphraser"]
+    paraphraser = [r["loss_rec"] for r in feed_plots.read_metrics(curves, "p1") if r["stage"] == "paraphraser"]
     assert paraphraser == [0.5, 0.25]
-    assert feed_plots.teacher_error(runs_dir, "s1") == 40.0 and feed_plots.teacher_error(runs_dir, "t0") is None
+    assert feed_plots.teacher_error(rows, curves, "s1") == 40.0
+    assert feed_plots.teacher_error(rows, curves, "t0") is None
     assert "not a reproduction" in feed_plots.figure_title("x", "smoke", rows)
     assert "not a reproduction" not in feed_plots.figure_title("x", "paper", [])
     for plot in paper.plots:
         for budget, used in (("smoke", rows), (None, [])):
             path = tmp_path / f"{plot.key}_{budget}.png"
-            plot.draw(paper=paper, rows=used, budget=budget, runs_dir=runs_dir, path=path)
+            plot.draw(paper=paper, rows=used, budget=budget, curves=curves, path=path)
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -212,7 +204,7 @@ def test_plot_helpers_read_probe_rows_and_the_stack0_teacher(paper, tmp_path):
 def test_smoke_reproduction_of_figure5(tmp_path):
     """End to end at the smoke budget: Figure 5's probes and the runs they probe (ResNet-56 only)."""
     from kd_methods.runs.runner import RunContext
-    from kd_methods.runs.store import RunStore, read_results
+    from kd_methods.runs.store import RunStore, read_curves, read_results
 
     ctx = RunContext(store=RunStore(tmp_path / "runs"), results_dir=tmp_path / "results", log=lambda m: None)
     reproduce("feed", budget="smoke", data_root=str(tmp_path / "data"), ctx=ctx, tables=["fig5"])
@@ -221,10 +213,13 @@ def test_smoke_reproduction_of_figure5(tmp_path):
     assert all(r["status"] == "finished" and r["budget"] == "smoke" and r["method"] == "ft" for r in rows)
     # 5 scratch teachers + KD and pFEED students + 3 probes
     assert len([p for p in (tmp_path / "runs").iterdir() if not p.name.startswith(".")]) == 10
-    for r in rows:
+    curves = read_curves(tmp_path / "results" / "feed" / "curves.csv")
+    for r in rows:  # results/ holds each probe's curve (and its probed model's), as the run wrote it
         with open(tmp_path / "runs" / r["run_id"] / "metrics.csv", newline="") as f:
             stages = [m["stage"] for m in csv.DictReader(f)]
         assert stages[0] == "paraphraser" and stages[-1] == "train"
+        assert [m["stage"] for m in curves[r["run_id"]]] == stages
+        assert all(t in curves for t in r["teachers"].split()) and r["teachers"]
     for name in ("table1.md", "table2.md", "fig5.md", "fig5.png", "fig4.png", "table4_stacks.png"):
         assert (tmp_path / "results" / "feed" / name).stat().st_size > 0
     assert "not transcribed" in (tmp_path / "results" / "feed" / "table1.md").read_text()

@@ -15,7 +15,7 @@ from kd_methods.report import metric_value, render_paper, table_comparisons, tab
 from kd_methods.report.compare import compare, iterations_to_reach, t_interval, verdict
 from kd_methods.runs.runner import RunContext, execute
 from kd_methods.runs.spec import ExperimentSpec, Optim, Phase
-from kd_methods.runs.store import RunStore, read_results
+from kd_methods.runs.store import RunStore, read_curves, read_results
 
 
 # -- statistics ----------------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ def test_the_report_shows_the_interval_and_a_verdict_only_for_real_runs(tmp_path
         writer.writeheader()
         writer.writerows(rows)
     paper = _tiny_paper()
-    render_paper(paper, tmp_path, tmp_path / "runs", index=False)
+    render_paper(paper, tmp_path)
     text = (tmp_path / "t" / "kd.md").read_text()
     mean, low, high = t_interval([1.0, 0.9, 1.1])
     assert f"+{mean:.2f} points [{low:+.2f}, {high:+.2f}]" in text
@@ -188,5 +188,6 @@ def test_a_kd_arm_with_its_soft_term_weighted_0_is_never_called_better(workdir):
         for cfg in cfgs:
             execute(dict(cfg, labels=dict(paper=paper.key, table=t.key, label=f"{cell.row} | {cell.col}")), ctx)
     rows = read_results(workdir / "results" / "broken" / "runs.csv")
-    (c,) = table_comparisons(table, table_summaries(table, rows, "paper"), workdir / "runs")
+    curves = read_curves(workdir / "results" / "broken" / "curves.csv")
+    (c,) = table_comparisons(table, table_summaries(table, rows, "paper"), curves)
     assert c["n"] == 3 and c["diff"] == 0.0 and c["verdict"] == "inconclusive"

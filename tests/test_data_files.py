@@ -1,5 +1,10 @@
 """Real datasets read from tiny files written in the real on-disk formats (pickles, .mat, IDX, JPEG trees)."""
+import io
+import os
 import pickle
+import pickletools
+import struct
+import subprocess
 
 import numpy as np
 import pytest
@@ -115,6 +120,69 @@ def test_damaged_cifar_file_is_reported(tmp_path):
     (tmp_path / "cifar10" / "cifar-10-batches-py" / "test_batch").write_bytes(b"\x80\x04garbage")
     with pytest.raises(DataMissing, match="test_batch is damaged"):
         build_data(DataConfig("cifar10", root=str(tmp_path), batch_size=4))
+
+
+class Python2Pickler(pickle._Pickler):
+    """Writes what Python 2's cPickle wrote into the published CIFAR batches: protocol 2, every string as
+    a byte string (BINSTRING, read back as latin-1 text), numpy's globals under their numpy 1.x names."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_str(self, obj):
+        raw = obj.encode("latin-1") if isinstance(obj, str) else obj
+        self.write(pickle.BINSTRING + struct.pack("<i", len(raw)) + raw)
+        self.memoize(obj)
+
+    dispatch[str] = dispatch[bytes] = save_py2_str
+
+
+def python2_pickle(obj) -> bytes:
+    buf = io.BytesIO()
+    Python2Pickler(buf, protocol=2).dump(obj)
+    return buf.getvalue().replace(b"cnumpy._core.", b"cnumpy.core.")
+
+
+def test_cifar_batches_as_python2_wrote_them_load(tmp_path):
+    """The published files are plain dicts of byte strings, lists of ints and one uint8 array, whose only
+    globals are numpy's array reconstruction: the restricted unpickler admits exactly these."""
+    x_train, y_train, x_test, y_test = write_cifar10(tmp_path)
+    folder = tmp_path / "cifar10" / "cifar-10-batches-py"
+    rows = np.split(x_train, 5)
+    for i in range(1, 6):
+        blob = python2_pickle({"batch_label": f"training batch {i} of 5", "data": rows[i - 1],
+                               "labels": y_train[4 * (i - 1):4 * i].tolist(), "filenames": [b"a.png"] * 4})
+        (folder / f"data_batch_{i}").write_bytes(blob)
+    (folder / "test_batch").write_bytes(python2_pickle({"data": x_test, "labels": y_test.tolist()}))
+    globals_named = {arg for op, arg, _ in pickletools.genops(python2_pickle({"data": x_test}))
+                     if op.name == "GLOBAL"}
+    assert globals_named == {"numpy.core.multiarray _reconstruct", "numpy ndarray", "numpy dtype"}
+    bundle = build_data(DataConfig("cifar10", root=str(tmp_path), batch_size=4, augment="none"))
+    assert bundle.n_train == 20 and torch.equal(_served(bundle.test)[1], torch.as_tensor(y_test))
+
+
+class RunsCode:
+    def __init__(self, call, *args):
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+@pytest.mark.parametrize("payload", ["os.system", "builtins.eval", "numpy.load", "subprocess.call"])
+def test_a_data_file_naming_any_other_global_is_refused_before_it_runs(tmp_path, payload):
+    write_cifar10(tmp_path)
+    marker = tmp_path / "ran"
+    name = payload.rsplit(".", 1)[1]
+    call = {"os.system": os.system, "builtins.eval": eval, "numpy.load": np.load, "subprocess.call": subprocess.call}[payload]
+    args = {"os.system": (f"touch {marker}",), "builtins.eval": (f"open({str(marker)!r}, 'w')",),
+            "numpy.load": (str(marker),), "subprocess.call": (["touch", str(marker)],)}[payload]
+    _pickle(tmp_path / "cifar10" / "cifar-10-batches-py" / "data_batch_2",
+            {"data": np.zeros((4, 3072), np.uint8), "labels": [0] * 4, "x": RunsCode(call, *args)})
+    with pytest.raises(DataMissing) as err:
+        build_data(DataConfig("cifar10", root=str(tmp_path), batch_size=4))
+    message = str(err.value)
+    assert "data_batch_2 asks to load" in message and name in message and "never holds" in message
+    assert "\n" not in message and not marker.exists()
 
 
 def test_download_goes_through_torchvision(tmp_path, monkeypatch):

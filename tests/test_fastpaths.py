@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kd_methods.engine import multi
 from kd_methods.engine.multi import ParallelForward, make_template, same_architecture, vmap_forward_train
 from kd_methods.models import FeatureTap, create_model
 
@@ -79,9 +80,19 @@ def test_vmap_plain_modules_under_cpu_autocast_match_loop():
     assert_tree_close([v.float() for v in vm], [v.float() for v in loop], atol=2e-2, rtol=2e-2)
 
 
-def test_auto_measures_once_per_shape_and_keeps_a_valid_strategy():
-    teachers = nets()
-    pf = ParallelForward(teachers)
+def test_auto_on_a_cpu_takes_the_loop_without_measuring():
+    pf = ParallelForward(nets())
+    x = batch()
+    assert_tree_close(pf(x), pf.run("loop", x))
+    assert pf.candidates(x.device) == ["loop"] and pf.available(x.device) == ["loop", "vmap"]
+    assert list(pf.choices.values()) == ["loop"] and pf.timings == {}
+
+
+def test_auto_measures_once_per_shape_and_networks_in_the_process(monkeypatch):
+    # As on CUDA: every available strategy is a candidate (the CPU's loop-only rule set aside).
+    monkeypatch.setattr(ParallelForward, "candidates", ParallelForward.available)
+    monkeypatch.setattr(multi, "_MEASURED", {})
+    pf = ParallelForward(nets())
     x = batch()
     out = pf(x)
     assert_tree_close(out, pf.run("loop", x))
@@ -89,9 +100,16 @@ def test_auto_measures_once_per_shape_and_keeps_a_valid_strategy():
     assert choice in ("loop", "vmap")
     assert set(pf.timings[key]) == {"loop", "vmap"} and all(v > 0 for v in pf.timings[key].values())
     pf(x)
-    assert len(pf.choices) == 1  # same shape: no new measurement
+    assert len(pf.choices) == 1 and len(pf.timings) == 1  # same shape: no new measurement
     pf(batch(n=2))
-    assert len(pf.choices) == 2
+    assert len(pf.choices) == 2 and len(pf.timings) == 2
+    # The next run's networks (same architectures, other weights) on the same input: the choice is reused.
+    again = ParallelForward(nets(seed=7))
+    again(x)
+    assert again.choices == {key: choice} and again.timings == {}
+    other = ParallelForward(nets("cifar_resnet14"))  # other networks are measured
+    other(x)
+    assert len(other.timings) == 1
 
 
 def test_vmap_restacks_when_a_teacher_is_reloaded():

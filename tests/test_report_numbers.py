@@ -13,7 +13,7 @@ import math
 import pytest
 from matplotlib.figure import Figure
 
-from benchmarks import get_paper
+from benchmarks import all_papers, get_paper
 from kd_methods.report import render_paper
 from kd_methods.runs.store import append_results_row
 
@@ -42,7 +42,7 @@ def render(tmp_path, monkeypatch, paper_key: str, rows: list[dict]):
     figures = []
     monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: figures.append(fig))  # keep the Figure
     paper = get_paper(paper_key)
-    render_paper(paper, results_dir=tmp_path / "results", runs_dir=tmp_path / "runs")
+    render_paper(paper, results_dir=tmp_path / "results", index=all_papers())
     out = tmp_path / "results" / paper_key
     tables = {t.key: (out / f"{t.key}.md").read_text() for t in paper.tables}
     assert len(figures) == len(paper.plots)  # each plot saves one figure, in order

@@ -63,6 +63,11 @@ class DatasetSpec:
     def kind(self) -> str:
         return "tensor" if self.read is not None else "folder"
 
+    @property
+    def generated(self) -> bool:
+        """Made in memory from a seed (the synthetic sets): nothing to download, never missing."""
+        return self.fetch is None and not self.no_download
+
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 PREPROCESS = ("standard", "zca")

@@ -36,12 +36,38 @@ def missing(title: str, where: Path, what: str, name: str) -> DataMissing:
         f"internet, or pass --data-root DIR, or use --data synthetic")
 
 
+# What a CIFAR batch file is made of: a dict of lists, strings, bytes and numbers, and numpy arrays, which
+# pickle rebuilds through these functions (numpy 1.x names them numpy.core.*, numpy 2.x numpy._core.*).
+# Nothing else may be loaded: a pickle names any importable callable and runs it.
+PICKLE_GLOBALS = {("numpy", "ndarray"), ("numpy", "dtype")} | {
+    (f"numpy.{core}.{module}", name) for core in ("core", "_core")
+    for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))}
+
+
+class Refused(pickle.UnpicklingError):
+    """A pickle naming a global that data files never hold."""
+
+
+class DataUnpickler(pickle.Unpickler):
+    """Loads plain data and numpy arrays; refuses every other global (no code from data files)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in PICKLE_GLOBALS:
+            raise Refused(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
-    except (pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise DataMissing(f"{path} is damaged ({err}); delete it and download the dataset again") from None
+            return DataUnpickler(f, encoding="latin1").load()
+    except Refused as err:
+        raise DataMissing(f"{path} asks to load {err}, which a CIFAR batch file never holds (a pickle can run "
+                          f"code, so kd-bench reads only data and numpy arrays); delete it and download the "
+                          f"dataset again") from None
+    except Exception as err:  # truncated or garbled: whatever the pickle machine trips on
+        raise DataMissing(f"{path} is damaged ({type(err).__name__}: {err}); delete it and download the "
+                          f"dataset again") from None
 
 
 def _cifar_split(paths: list[Path], label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,9 +10,13 @@ Three ways to run N networks on the same input, all giving the same outputs:
              can overlap on the GPU (CUDA only).
 
 Which is fastest depends on the device, the networks and the batch size, so `ParallelForward` with
-strategy "auto" measures every applicable strategy on the first batch of each input shape and keeps the
-fastest, as `cudnn.benchmark` does for convolution algorithms. The measurement synchronises the device
-a few times, once per shape; later calls never touch the host.
+strategy "auto" measures every strategy that can win on the device on the first batch of each input shape
+and keeps the fastest, as `cudnn.benchmark` does for convolution algorithms. The measurement synchronises
+the device a few times, once per shape and set of networks in the process: a later run with networks of
+the same architectures and the same input (a table's next cell) reuses the choice. On a CPU the loop is
+taken without measuring: there `kd-bench bench` found vmap slower (0.71x the loop for five ResNet-56
+teachers at batch 64, results/bench) and streams do not exist, and the measurement itself costs eight
+forward passes of every network, more than a smoke run's whole training.
 
 `ParallelForward` is for frozen networks (teachers: eval mode, run under `torch.inference_mode`). DML's
 peers train; `vmap_forward_train` runs trainable networks of one architecture as one vmapped pass whose
@@ -33,17 +37,22 @@ from torch.utils._pytree import tree_flatten
 from ..models import FeatureTap
 
 STRATEGIES = ("loop", "vmap", "streams")
+# (networks' architectures, input signature) -> the strategy "auto" measured fastest, for the process.
+_MEASURED: dict[tuple, str] = {}
 
 
 def _module_of(runner) -> nn.Module:
     return runner.model if isinstance(runner, FeatureTap) else runner
 
 
+def signature(m: nn.Module) -> tuple:
+    """A network's architecture: its class and its parameters' and buffers' names, shapes and dtypes."""
+    return (type(m), tuple((n, tuple(t.shape), t.dtype) for n, t in m.named_parameters()),
+            tuple((n, tuple(t.shape), t.dtype) for n, t in m.named_buffers()))
+
+
 def same_architecture(modules: Sequence[nn.Module]) -> bool:
     """True if every module has the first one's class and parameter/buffer names, shapes and dtypes."""
-    def signature(m: nn.Module):
-        return (type(m), [(n, t.shape, t.dtype) for n, t in m.named_parameters()],
-                [(n, t.shape, t.dtype) for n, t in m.named_buffers()])
     first = signature(modules[0])
     return all(signature(m) == first for m in modules[1:])
 
@@ -92,12 +101,17 @@ class ParallelForward:
 
     # -- strategies ---------------------------------------------------------------------------------
     def available(self, device: torch.device) -> list[str]:
+        """The strategies that run on `device` (what `run` accepts)."""
         out = ["loop"]
         if self.vmappable:
             out.append("vmap")
         if device.type == "cuda" and len(self.runners) > 1:
             out.append("streams")
         return out
+
+    def candidates(self, device: torch.device) -> list[str]:
+        """The strategies "auto" measures: those that can win on `device` (on a CPU only the loop)."""
+        return self.available(device) if device.type == "cuda" else ["loop"]
 
     def _loop(self, x: Tensor) -> list:
         return [r(x) for r in self.runners]
@@ -166,7 +180,7 @@ class ParallelForward:
     def _measure(self, x: Tensor, reps: int = 3) -> dict[str, float]:
         cuda = x.device.type == "cuda"
         times = {}
-        for name in self.available(x.device):
+        for name in self.candidates(x.device):
             self.run(name, x)  # warm-up: cudnn autotuning, stacking, allocator
             if cuda:
                 torch.cuda.synchronize(x.device)
@@ -184,12 +198,16 @@ class ParallelForward:
         key = (tuple(x.shape), x.dtype, x.device, torch.is_autocast_enabled(x.device.type))
         choice = self.choices.get(key)
         if choice is None:
-            options = self.available(x.device)
+            options = self.candidates(x.device)
             if len(options) == 1:
                 choice = options[0]
             else:
-                self.timings[key] = self._measure(x)
-                choice = min(self.timings[key], key=self.timings[key].get)
+                known = (tuple(signature(m) for m in self.modules),
+                         tuple(getattr(r, "points", None) for r in self.runners), key)
+                choice = _MEASURED.get(known)
+                if choice is None:
+                    self.timings[key] = self._measure(x)
+                    choice = _MEASURED[known] = min(self.timings[key], key=self.timings[key].get)
             self.choices[key] = choice
         return self.run(choice, x)
 

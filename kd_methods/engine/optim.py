@@ -31,12 +31,21 @@ def lr_at(optim: dict, position: float, length: float, lr_multiplier: float = 1.
     if schedule == "constant":
         return base
     if schedule == "multistep":
-        return base * optim["gamma"] ** sum(position >= m for m in optim["milestones"])
+        return base * _power(optim["gamma"], sum(position >= m for m in optim["milestones"]))
     if schedule == "step":
-        return base * optim["gamma"] ** math.floor(position / optim["step_size"])
+        steps = position / optim["step_size"]
+        return base * _power(optim["gamma"], math.floor(steps) if math.isfinite(steps) else steps)
     if schedule == "cosine":
         return 0.5 * base * (1 + math.cos(math.pi * min(position, length) / length))
     raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def _power(gamma: float, k: int) -> float:
+    """gamma ** k, inf past the largest float (a growing lr: the run then stops as diverged)."""
+    try:
+        return gamma ** k
+    except OverflowError:
+        return math.inf
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -1,7 +1,8 @@
 """runs.csv -> comparison tables (ours mean +- std beside the paper's value) and plots.
 
-Everything here reads `results/<paper>/runs.csv` (and, for curves, the runs' metrics.csv): a report
-can be re-rendered at any time without training. Numbers from smoke or synthetic runs are labelled
+Everything here reads `results/<paper>/runs.csv` (and, for curves, `results/<paper>/curves.csv`): a report
+re-renders at any time, without training and without the runs/ folder (a fresh clone's `make report`
+reproduces the committed files byte for byte). Numbers from smoke or synthetic runs are labelled
 as such in every table heading and plot title. A paper comes in as data (`kd_methods.runs.tables.Paper`:
 its tables, plots and published values); which papers exist is the caller's business (`benchmarks`).
 """
@@ -11,8 +12,9 @@ import json
 import statistics
 from pathlib import Path
 
+from ..errors import ResultsDamaged
 from ..runs.spec import BUDGETS
-from ..runs.store import read_results
+from ..runs.store import read_curves, read_results
 from ..runs.tables import cell_label
 from .markdown import render_table_markdown, write_text
 
@@ -68,14 +70,15 @@ def table_summaries(table, rows: list[dict], budget: str | None) -> dict:
     return summaries
 
 
-def table_comparisons(table, summaries: dict, runs_dir: Path) -> list[dict]:
-    """The table's claims (`Table.comparisons`) computed on its runs; see `compare`."""
-    from .compare import compare, run_curve
-    return [compare(c, summaries, metric_value, lambda run_id: run_curve(runs_dir, run_id))
+def table_comparisons(table, summaries: dict, curves: dict[str, list[dict]]) -> list[dict]:
+    """The table's claims (`Table.comparisons`) computed on its runs and their per-epoch rows (`curves`:
+    run_id -> rows, as `read_curves` returns them); see `compare`."""
+    from .compare import compare
+    return [compare(c, summaries, metric_value, lambda run_id: curves.get(run_id, []))
             for c in getattr(table, "comparisons", ())]
 
 
-def table_status(paper, table, rows: list[dict], refs: dict, runs_dir: Path = Path("runs")) -> dict:
+def table_status(paper, table, rows: list[dict], refs: dict, curves: dict[str, list[dict]]) -> dict:
     """One line of the results index: what ran, on what, how far from the paper, and the verdicts of
     the table's claims."""
     from .markdown import to_paper_metric
@@ -92,7 +95,7 @@ def table_status(paper, table, rows: list[dict], refs: dict, runs_dir: Path = Pa
     for s in summaries.values():
         if not s["n"] and s["reason"].startswith("not run: "):
             needs += [n for n in s["reason"][len("not run: "):].split("; ") if n not in needs]
-    verdicts = [c["verdict"] for c in table_comparisons(table, summaries, runs_dir) if c["n"]]
+    verdicts = [c["verdict"] for c in table_comparisons(table, summaries, curves) if c["n"]]
     return dict(budget=budget, cells=len(summaries), ran=sum(1 for s in summaries.values() if s["n"]),
                 verdicts=verdicts, claims=len(getattr(table, "comparisons", ())),
                 not_run="not run" + (": " + "; ".join(needs) if needs else ""),
@@ -102,47 +105,55 @@ def table_status(paper, table, rows: list[dict], refs: dict, runs_dir: Path = Pa
                 transcribed=sum(1 for k, r in refs.items() if k[0] == table.key and r["value"] is not None))
 
 
-def render_paper(paper, results_dir: Path = Path("results"), runs_dir: Path = Path("runs"),
-                 index=None) -> list[Path]:
+def render_paper(paper, results_dir: Path = Path("results"), index=None) -> list[Path]:
     """Every table and plot of `paper`; then results/README.md over the papers `index` (a list of
     papers: every paper of the suite) when given."""
     out_dir = Path(results_dir) / paper.key
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = read_results(out_dir / "runs.csv")
+    curves = read_curves(out_dir / "curves.csv")
     written = []
     for table in paper.tables:
         budget = chosen_budget(rows, (table.key,))
         summaries = table_summaries(table, rows, budget)
         text = render_table_markdown(paper, table, summaries, paper.references, budget,
-                                     table_comparisons(table, summaries, Path(runs_dir)))
+                                     table_comparisons(table, summaries, curves))
         path = out_dir / f"{table.key}.md"
         write_text(path, text)
         written.append(path)
     for plot in paper.plots:
         path = out_dir / f"{plot.key}.png"
-        plot.draw(paper=paper, rows=rows, budget=chosen_budget(rows, plot.tables), runs_dir=Path(runs_dir),
-                  path=path)
+        plot.draw(paper=paper, rows=rows, budget=chosen_budget(rows, plot.tables), curves=curves, path=path)
         written.append(path)
     if index is not None:
-        write_index(Path(results_dir), index, Path(runs_dir))
+        write_index(Path(results_dir), index)
     return written
 
 
-def render_all(papers, results_dir: Path = Path("results"), runs_dir: Path = Path("runs"), index=None) -> None:
-    """Every paper of `papers`, then the results index over `index` (default: `papers`), written once."""
+def render_all(papers, results_dir: Path = Path("results"), index=None) -> None:
+    """Every paper of `papers`, then the results index over `index` (default: `papers`), written once.
+    A damaged runs.csv stops its own paper only: the others render, that paper's files and the index
+    stay as they were, and ResultsDamaged names it at the end."""
+    damaged = []
     for paper in papers:
-        render_paper(paper, results_dir, runs_dir)
-    write_index(Path(results_dir), papers if index is None else index, Path(runs_dir))
+        try:
+            render_paper(paper, results_dir)
+        except ResultsDamaged as e:
+            damaged.append(str(e))
+    if damaged:
+        raise ResultsDamaged("; ".join(damaged) + "; the other papers' reports were rendered")
+    write_index(Path(results_dir), papers if index is None else index)
 
 
-def write_index(results_dir: Path, papers, runs_dir: Path = Path("runs")) -> None:
+def write_index(results_dir: Path, papers) -> None:
     """results/README.md: every table of `papers` with its status (see `table_status`) and plots."""
     from .markdown import render_index
 
     status = []
     for paper in papers:
         rows = read_results(Path(results_dir) / paper.key / "runs.csv")
-        status.append((paper, [(t, table_status(paper, t, rows, paper.references, runs_dir)) for t in paper.tables]))
+        curves = read_curves(Path(results_dir) / paper.key / "curves.csv")
+        status.append((paper, [(t, table_status(paper, t, rows, paper.references, curves)) for t in paper.tables]))
     write_text(Path(results_dir) / "README.md", render_index(Path(results_dir), status))
 
 

@@ -16,10 +16,8 @@ pairs). Nothing here knows any claim's answer: a verdict exists only where both 
 """
 from __future__ import annotations
 
-import csv
 import math
 import statistics
-from pathlib import Path
 from typing import Callable
 
 HOLDS, REVERSED, INCONCLUSIVE = "holds", "reversed", "inconclusive"
@@ -41,22 +39,6 @@ def verdict(low: float | None, high: float | None) -> str:
     if low is None or high is None:
         return INCONCLUSIVE
     return HOLDS if low > 0 else REVERSED if high < 0 else INCONCLUSIVE
-
-
-def run_curve(runs_dir: Path, run_id: str) -> list[dict]:
-    """A run's per-epoch rows (metrics.csv), numbers as floats; [] when the run folder is absent."""
-    path = Path(runs_dir) / run_id / "metrics.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{k: _number(v) for k, v in r.items()} for r in csv.DictReader(f)]
-
-
-def _number(v):
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return v
 
 
 def _cell_summary(summaries: dict, row: str) -> dict:

@@ -2,12 +2,14 @@
 
 `execute(cfg, ctx)` trains the teachers' runs a run depends on (recursively, each once), then the run
 itself, and records it: `result.json` and `model.pt` in the run folder, a row in
-`results/<paper>/runs.csv` for every table that asked for it. `train_one(cfg, ctx)` is the step every
+`results/<paper>/runs.csv` for every table that asked for it and its per-epoch rows (and its teachers')
+in `results/<paper>/curves.csv`. `train_one(cfg, ctx)` is the step every
 executor shares: with the teachers finished, it takes the run's lock so two processes never train it
 twice, and trains or resumes it through the one engine.
 """
 from __future__ import annotations
 
+import gc
 import json
 import time
 from dataclasses import dataclass, field
@@ -16,10 +18,10 @@ from pathlib import Path
 import torch
 
 from ..engine import distributed as dist
-from ..engine.checkpoint import load_checkpoint, load_verified, remove_temporaries, save_atomic
+from ..engine.checkpoint import load_checkpoint, load_verified, remove_temporaries
 from ..engine.trainer import EngineOptions, pick_device, precision, train_run
 from ..errors import CheckpointError, NumericalFault, UserError
-from ..models import create_model
+from ..models.factory import model_from_state
 from .store import RunStore, append_results_row, device_name, write_json
 
 
@@ -42,18 +44,17 @@ def load_run_model(cfg: dict, store: RunStore, which: str | None = None) -> torc
     result = store.result(cfg["run_id"])
     saved = load_checkpoint(store.dir(cfg["run_id"]) / "model.pt")
     name = which or result["model_names"][0]
-    model = create_model(cfg["model"], num_classes=result["num_classes"], in_chans=image_channels(cfg))
-    model.load_state_dict(saved["models"][name])
-    return model.eval()
+    return model_from_state(cfg["model"], result["num_classes"], saved["models"][name],
+                            in_chans=image_channels(cfg)).eval()
 
 
 def load_teacher(t: dict, store: RunStore | None) -> torch.nn.Module:
     """A teacher in eval mode: a finished run's model, or a pretrained file checked against its sha256."""
     if "pretrained" in t:
         p = t["pretrained"]
-        model = create_model(p["model"], num_classes=p["num_classes"])
+        state = load_verified(Path(p["path"]), p["sha256"])  # its sha256 before anything is built
         try:
-            model.load_state_dict(load_verified(Path(p["path"]), p["sha256"]))
+            model = model_from_state(p["model"], p["num_classes"], state)
         except RuntimeError as e:  # missing, unexpected or reshaped keys, one kind per line
             lines = [line.strip() for line in str(e).splitlines() if line.strip()]
             detail = lines[min(1, len(lines) - 1)]
@@ -92,13 +93,21 @@ def _results_row(cfg: dict, result: dict, status: str = "finished") -> dict:
                 best_top1_err=result.get("best_top1_err", ""), wall_s=result.get("wall_s", ""),
                 config_hash=cfg["run_id"], status=status, device=result.get("device", ""),
                 finished_at=result.get("finished_at", ""),
-                extra=json.dumps(result.get("extra", {}), sort_keys=True))
+                extra=json.dumps(result.get("extra", {}), sort_keys=True),
+                teachers=" ".join(t["run_id"] for t in cfg["teachers"] if "run_id" in t))
 
 
 def record(cfg: dict, result: dict, ctx: RunContext, status: str = "finished") -> None:
+    """The run's row in results/<paper>/runs.csv and, when it finished, its and its teachers' per-epoch
+    rows in results/<paper>/curves.csv: everything a report draws, so results/ needs no runs/ folder."""
     paper = cfg.get("labels", {}).get("paper")
     if paper and dist.is_main():
-        append_results_row(ctx.results_dir, paper, _results_row(cfg, result, status))
+        curves = {}
+        if status == "finished":
+            for run_id in [cfg["run_id"]] + [t["run_id"] for t in cfg["teachers"] if "run_id" in t]:
+                curves[run_id] = ctx.store.metrics(run_id)
+        append_results_row(ctx.results_dir, paper, _results_row(cfg, result, status),
+                           curves={k: v for k, v in curves.items() if v})
 
 
 def execute(cfg: dict, ctx: RunContext | None = None) -> dict:
@@ -128,6 +137,9 @@ def train_one(cfg: dict, ctx: RunContext) -> dict:
     with lock:
         if not store.is_finished(run_id):
             _train(cfg, ctx)
+            # Feature taps' hooks tie a run's networks into reference cycles: free them before the
+            # next run builds its own, or a reproduction holds several runs' teachers at once.
+            gc.collect()
     return store.result(run_id)
 
 
@@ -169,16 +181,16 @@ def _train(cfg: dict, ctx: RunContext) -> None:
         if dist.is_main():
             store.undo_start(run_id, manifest_before)
         raise
-    if dist.is_main():
-        save_atomic(dict(models=out["models"]), run_dir / "model.pt", keep_previous=False)
+    if dist.is_main():  # train_run wrote model.pt
         result = _summary(cfg, out["history"], time.time() - t0, out["model_names"], out["num_classes"],
                           device_name(device, precision(ctx.opts, device)))
         # The manifest before result.json (the mark of a finished run): a finished run's manifest never
-        # says "running", and a kill in between resumes from the final checkpoint with nothing to train.
+        # says "running", and a kill in between resumes from the last checkpoint and trains the final
+        # epoch again (its weights went to model.pt, not to a checkpoint).
         store.update_manifest(run_id, status="finished", ended_at=result["finished_at"], wall_s=result["wall_s"])
         write_json(run_dir / "result.json", result)
-        # Finished: the training checkpoints (weights + optimizer state, twice model.pt) go; model.pt,
-        # metrics.csv and result.json hold everything a report or a student needs.
+        # Finished: the training checkpoints (weights + optimizer state of an earlier epoch) go; model.pt
+        # and result.json hold what a student needs, results/<paper>/ what a report needs.
         for name in ("last.pt", "last.pt.prev"):
             (run_dir / name).unlink(missing_ok=True)
     dist.barrier()

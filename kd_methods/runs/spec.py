@@ -11,6 +11,7 @@ Specs load from YAML/dicts with strict validation: unknown keys, wrong types and
 """
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
 import json
@@ -122,6 +123,10 @@ SYNTHETIC_FOR = {"cifar100": "synthetic100", "cifar10": "synthetic10", "svhn": "
                  "mnist": "synthetic_mnist", "fashion_mnist": "synthetic_mnist", "synthetic100": "synthetic100", "synthetic10": "synthetic10",
                  "synthetic_mnist": "synthetic_mnist"}
 NEEDS_REAL_DATA = ("imagenet", "cub200", "market1501")
+DATA_SOURCES = ("auto", "synthetic", "real")
+MAX_GENERATED = 1_000_000  # images of a synthetic split (3 GB as CIFAR-shaped uint8)
+SEED_RANGE = 2 ** 32  # seeds are 0 .. 2**32 - 1 (NumPy's range; torch takes them all)
+LABEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")  # a paper label names a results/ folder
 
 
 def get_budget(name: str) -> Budget:
@@ -157,11 +162,25 @@ def resolve(spec: ExperimentSpec, budget: Union[Budget, str] = "paper", data: st
     data: "auto" (real data, synthetic under the smoke budget), "synthetic" or "real".
     """
     budget = get_budget(budget) if isinstance(budget, str) else budget
+    if data not in DATA_SOURCES:
+        raise ConfigError(f"unknown data source {_show(data)}; use one of {', '.join(DATA_SOURCES)}")
     validate(spec)
     use_synthetic = data == "synthetic" or (data == "auto" and budget.smoke)
     dataset = spec.dataset
     if use_synthetic and dataset in SYNTHETIC_FOR:
         dataset = SYNTHETIC_FOR[dataset]
+    from ..data import get_spec
+    if get_spec(dataset).generated:
+        for key in ("train_subset", "test_subset"):
+            if (getattr(spec, key) or 0) > MAX_GENERATED:
+                raise ConfigError(f"{key}={getattr(spec, key)} on {dataset}, a set generated in memory: at most "
+                                  f"{MAX_GENERATED:,} images; lower it")
+    if data == "real":
+        if get_spec(dataset).generated:
+            real = [k for k, v in SYNTHETIC_FOR.items() if v == dataset and k != dataset]
+            raise ConfigError(f"dataset {dataset} is synthetic, but --data real insists on real data; pass "
+                              f"--data auto or synthetic, or use a real dataset"
+                              f"{' (' + ', '.join(real) + ')' if real else ''}")
     cfg = {
         "model": spec.model, "method": spec.method, "method_args": dict(spec.method_args),
         "dataset": dataset, "augment": spec.augment, "preprocess": spec.preprocess,
@@ -218,6 +237,12 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _show(value, limit: int = 60) -> str:
+    """A value for an error message: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _convert(value, tp, where: str):
     origin = typing.get_origin(tp)
     if tp is Any:
@@ -234,15 +259,15 @@ def _convert(value, tp, where: str):
                 return _convert(value, a, where)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(errors[-1] if errors else f"{where}: bad value {value!r}")
+        raise ConfigError(errors[-1] if errors else f"{where}: bad value {_show(value)}")
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {_show(value)}")
         (item,) = typing.get_args(tp)
         return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__} {_show(value)}")
         _, vt = typing.get_args(tp)
         return {str(k): _convert(v, vt, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
@@ -251,19 +276,25 @@ def _convert(value, tp, where: str):
         return from_dict(tp, value, where)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+            raise ConfigError(f"{where}: expected a number, got {_show(value)}")
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {_show(value)}")
+        return number
     if tp is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{where}: expected an integer, got {_show(value)}")
         return int(value)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{where}: expected true or false, got {_show(value)}")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{where}: expected a string, got {_show(value)}")
         return value
     raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
 
@@ -277,9 +308,12 @@ def from_dict(cls, data, where: str = "config"):
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            raise ConfigError(f"{where}: unknown key '{key}'{closest(str(key), names)}")
+            raise ConfigError(f"{where}: unknown key {_show(key)}{closest(str(key), names)}")
         tp = hints[key]
         if key == "teachers":
+            if not isinstance(value, (list, tuple, type(None))):
+                raise ConfigError(f"{where}.teachers: expected a list of teacher specs, got "
+                                  f"{type(value).__name__} {_show(value)}")
             value = [_teacher(v, f"{where}.teachers[{i}]") for i, v in enumerate(value or [])]
             kwargs[key] = value
             continue
@@ -323,6 +357,11 @@ def validate(spec: ExperimentSpec, where: str = "config") -> None:
                           f"{closest(spec.augment, augments)}; use one of {', '.join(augments)}")
     if spec.batch_size < 1:
         raise ConfigError(f"{where}.batch_size must be >= 1, got {spec.batch_size}")
+    if not 0 <= spec.seed < SEED_RANGE:
+        raise ConfigError(f"{where}.seed must be in 0..{SEED_RANGE - 1}, got {spec.seed}")
+    if spec.paper and not LABEL.fullmatch(spec.paper):
+        raise ConfigError(f"{where}.paper names the results folder results/<paper>/: letters, digits, '_', "
+                          f"'-' and '.', got {_show(spec.paper)}")
     if spec.lr_scaling not in ("none", "linear"):
         raise ConfigError(f"{where}.lr_scaling must be none or linear, got '{spec.lr_scaling}'")
     if spec.init is not None:
@@ -341,8 +380,10 @@ def validate(spec: ExperimentSpec, where: str = "config") -> None:
     if unknown:
         raise ConfigError(f"{where}.method_args: method '{spec.method}' has no hyper-parameter "
                           f"'{unknown[0]}'{closest(unknown[0], method.defaults)}")
+    for name, value in spec.method_args.items():
+        _check_hyper(value, method.defaults[name].value, f"{where}.method_args.{name}")
     temp = spec.method_args.get("temperature")
-    if temp is not None and (not isinstance(temp, (int, float)) or temp <= 0):
+    if temp is not None and temp <= 0:
         raise ConfigError(f"{where}.method_args.temperature must be > 0, got {temp!r}")
     n = len(spec.teachers)
     if n < method.min_teachers or (method.max_teachers is not None and n > method.max_teachers):
@@ -360,6 +401,30 @@ def validate(spec: ExperimentSpec, where: str = "config") -> None:
             validate(t, f"{where}.teachers[{i}]")
         else:
             _validate_pretrained(t, f"{where}.teachers[{i}]")
+
+
+def _check_hyper(value, default, where: str) -> None:
+    """A method_args value has its default's kind: a finite number for a number, true/false for a flag,
+    a name or a list of names for a name, a list of names for a tuple of names, a mapping of numbers for a
+    mapping of numbers;
+    a default of None (inferred, e.g. an input size) takes None or a list of positive integers."""
+    if isinstance(default, bool):
+        _convert(value, bool, where)
+    elif isinstance(default, int):
+        _convert(value, int, where)
+    elif isinstance(default, float):
+        _convert(value, float, where)
+    elif isinstance(default, str):  # a name, or several (FitNets' hint points for FSP's stages)
+        _convert(value, Union[str, list[str]], where)
+    elif isinstance(default, (tuple, list)):
+        _convert(value, list[type(default[0]) if default else Any], where)
+    elif isinstance(default, dict):
+        for k, v in _convert(value, dict[str, Any], where).items():
+            _check_hyper(v, next(iter(default.values())) if default else v, f"{where}.{k}")
+    elif default is None and value is not None:
+        if not (isinstance(value, (list, tuple)) and value
+                and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2 ** 16 for v in value)):
+            raise ConfigError(f"{where}: expected a list of positive integers (or leave it out), got {_show(value)}")
 
 
 def _validate_pretrained(p: Pretrained, where: str) -> None:
@@ -406,6 +471,22 @@ def _yaml_loader():
     return SpecLoader
 
 
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def _config_text(path: Path, raw: bytes) -> str:
+    """The file as text: UTF-8, or UTF-8/16/32 with a byte-order mark (what Windows editors write)."""
+    encoding = next((enc for bom, enc in BOMS if raw.startswith(bom)), "utf-8")
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        hint = ", UTF-16 without its byte-order mark?" if b"\0" in raw[:80] else ""
+        raise ConfigError(f"{path}: not {encoding.upper().replace('-SIG', '')} text (byte 0x{raw[e.start]:02x} "
+                          f"at line {line}{hint}); save the file as UTF-8") from None
+
+
 def load_spec(path: Union[str, Path]) -> ExperimentSpec:
     """Read a YAML (or JSON) experiment spec."""
     import yaml
@@ -415,11 +496,20 @@ def load_spec(path: Union[str, Path]) -> ExperimentSpec:
         raise ConfigError(f"config file '{path}' not found; pass the path of a YAML spec such as "
                           f"configs/scratch_resnet20_synthetic.yaml")
     try:
-        data = yaml.load(path.read_text(), Loader=_yaml_loader())
+        data = yaml.load(_config_text(path, path.read_bytes()), Loader=_yaml_loader())
+    except OSError as e:
+        raise ConfigError(f"config file '{path}' cannot be read ({e.strerror or e}); check its permissions") from None
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow, e.g. NUL from a UTF-16 file
+        code = e.character if isinstance(e.character, int) else ord(e.character)
+        hint = " (a UTF-16 file without its byte-order mark?)" if code == 0 else ""
+        raise ConfigError(f"{path}: character #x{code:04x} at position {e.position} is not allowed in "
+                          f"YAML{hint}; save the file as UTF-8 text") from None
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         at = f" at line {line + 1}" if line is not None else ""
         raise ConfigError(f"{path}: not valid YAML{at}; fix the syntax") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be an experiment spec") from None
     spec = from_dict(ExperimentSpec, data or {}, str(path))
     validate(spec, str(path))
     return spec

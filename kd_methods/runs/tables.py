@@ -64,7 +64,8 @@ class Table:
 
 @dataclass
 class Plot:
-    """A figure made from finished runs: `draw(paper, rows, budget, runs_dir, path)`. `tables`: the
+    """A figure made from finished runs: `draw(paper, rows, budget, curves, path)` (rows of runs.csv,
+    curves: run_id -> per-epoch rows from curves.csv). `tables`: the
     tables it draws from, whose most faithful budget it shows (empty: every table of the paper)."""
     key: str
     title: str

@@ -60,6 +60,18 @@ BAD = [
                    "teachers: [{model: cifar_resnet8, path: w.pt, sha256: not-a-hash, num_classes: 10}]\n",
      "sha256 must be the file's sha256 in hex"),
     ("unknown_budget_key", "model: cifar_resnet8\nbudget: smoke\n", "unknown key 'budget'"),
+    # values only the optimiser (torch) checks, found by preflight instead of after the teachers trained
+    ("nesterov_without_momentum", "model: cifar_resnet8\ndataset: synthetic10\n"
+                                  "train: {optim: {nesterov: true, momentum: 0}}\n",
+     "train.optim: Nesterov momentum requires a momentum and zero dampening"),
+    ("adam_beta", "model: cifar_resnet8\ndataset: synthetic10\ntrain: {optim: {name: adam, momentum: 1.5}}\n",
+     "train.optim: Invalid beta parameter at index 0: 1.5"),
+    ("infinite_length", "model: cifar_resnet8\ntrain: {length: .inf}\n", "train.length: expected a finite number"),
+    ("method_arg_kind", "model: cifar_resnet8\nmethod: kd\nmethod_args: {weight: heavy}\n"
+                        "teachers: [{model: cifar_resnet14}]\n", "method_args.weight: expected a number, got 'heavy'"),
+    ("teachers_not_a_list", "model: cifar_resnet8\nmethod: kd\nteachers: 3\n",
+     "teachers: expected a list of teacher specs, got int 3"),
+    ("results_folder_label", "model: cifar_resnet8\npaper: ../elsewhere\n", "paper names the results folder"),
 ]
 
 
@@ -121,3 +133,90 @@ def test_the_console_command_prints_no_traceback_for_a_pair_preflight_rejects(wo
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("kd-bench: error: fsp: ") and BAD[0][2] in line
     assert sorted(p.name for p in workdir.iterdir()) == ["bad.yaml"]
+
+
+# -- what a new user tried (issue 13) ----------------------------------------------------------------------
+SMOKE_SPEC = "model: cifar_resnet8\ndataset: synthetic10\n" + TINY.replace("dataset: synthetic10\n", "")
+
+
+@pytest.mark.parametrize("encoding, message", [
+    ("utf-16-le", "not UTF-8 text (byte 0xe9 at line 7, UTF-16 without its byte-order mark?); save the file as UTF-8"),
+    ("latin-1", "not UTF-8 text (byte 0xe9 at line 7); save the file as UTF-8"),
+    ("cp1252", "not UTF-8 text (byte 0xe9 at line 7)"),
+])
+def test_a_config_that_is_not_utf8_text_is_one_line(workdir, capsys, encoding, message):
+    (workdir / "c.yaml").write_bytes((SMOKE_SPEC + "# café — notes\n").encode(encoding, errors="ignore"))
+    assert main(["run", "c.yaml", "--device", "cpu"]) == 2
+    assert message in one_error_line(capsys)
+    assert sorted(p.name for p in workdir.iterdir()) == ["c.yaml"]
+
+
+def test_random_bytes_as_a_config_are_one_line(workdir, capsys):
+    (workdir / "c.yaml").write_bytes(bytes(range(256)))
+    assert main(["run", "c.yaml", "--device", "cpu"]) == 2
+    assert "c.yaml: not UTF-8 text (byte 0x80 at line 2, UTF-16 without" in one_error_line(capsys)
+
+
+def test_a_character_yaml_refuses_is_one_line(workdir, capsys):
+    (workdir / "c.yaml").write_text(SMOKE_SPEC + "label: a\x07b\n")
+    assert main(["run", "c.yaml", "--device", "cpu"]) == 2
+    assert "c.yaml: character #x0007 at position" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32", "utf-8-sig"])
+def test_a_config_with_a_byte_order_mark_is_read(workdir, encoding):
+    """What a Windows editor saves as "Unicode": UTF-16 with a byte-order mark."""
+    (workdir / "c.yaml").write_bytes((SMOKE_SPEC + "# café — notes\n").encode(encoding))
+    assert load_spec(workdir / "c.yaml") == load_spec_text(workdir, SMOKE_SPEC)
+
+
+def load_spec_text(workdir, text):
+    (workdir / "plain.yaml").write_text(text)
+    return load_spec(workdir / "plain.yaml")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "tpu:7"], "--device 'tpu:7' is not a device kd-bench trains on; use auto, cpu, cuda or cuda:N"),
+    (["--device", "cuda:7"], "--device cuda:7: this machine has "),
+    (["--seed", "-1"], "seed must be in 0..4294967295, got -1"),
+    (["--seed", str(2 ** 32)], "seed must be in 0..4294967295, got 4294967296"),
+    (["--data", "real"], "dataset synthetic10 is synthetic, but --data real insists on real data; pass --data auto "
+                         "or synthetic, or use a real dataset (cifar10, svhn)"),
+    (["--runs-dir", "c.yaml"], "--runs-dir 'c.yaml' is not a folder"),
+    (["--budget", "tiny"], "kd-bench run: argument --budget: invalid choice: 'tiny'"),
+])
+def test_bad_run_arguments_are_one_line(workdir, capsys, argv, message):
+    (workdir / "c.yaml").write_text(SMOKE_SPEC)
+    assert main(["run", "c.yaml"] + argv) == 2
+    assert message in one_error_line(capsys)
+    assert sorted(p.name for p in workdir.iterdir()) == ["c.yaml"]
+
+
+def test_unknown_tables_are_an_error_listing_the_valid_ones(workdir, capsys):
+    assert main(["reproduce", "dml", "--budget", "smoke", "--tables", "table2", "table99"]) == 2
+    line = one_error_line(capsys)
+    assert "dml has no table 'table99' (did you mean 'table2'?); its tables are table2, table4_cifar100," in line
+    assert list(workdir.iterdir()) == []
+
+
+def test_a_damaged_runs_csv_is_named_kept_and_the_other_papers_still_render(workdir, capsys):
+    import shutil
+    from pathlib import Path
+    results = Path(__file__).resolve().parents[2] / "results"
+    for paper in ("dml", "tsd"):
+        shutil.copytree(results / paper, workdir / "results" / paper)
+    damaged = workdir / "results" / "dml" / "runs.csv"
+    lines = damaged.read_text().splitlines(keepends=True)
+    lines[6] = lines[6].replace(",smoke,", ",smoke,x,", 1)  # one field too many
+    damaged.write_text("".join(lines))
+    before = {p: p.read_bytes() for p in (workdir / "results" / "dml").iterdir()}
+    (workdir / "results" / "tsd" / "ensembles.png").unlink()
+    (workdir / "results" / "tsd" / "generations_resnet110.md").unlink()
+    assert main(["report", "dml", "tsd"]) == 2
+    line = one_error_line(capsys)
+    assert "results/dml/runs.csv line 7 is damaged (20 fields where the header has 19)" in line
+    assert "the other papers' reports were rendered" in line
+    assert {p: p.read_bytes() for p in (workdir / "results" / "dml").iterdir()} == before
+    assert (workdir / "results" / "tsd" / "ensembles.png").is_file()
+    assert (workdir / "results" / "tsd" / "generations_resnet110.md").is_file()
+    assert not (workdir / "results" / "README.md").exists()  # the index waits for the damaged file's fix

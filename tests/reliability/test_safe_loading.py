@@ -16,7 +16,8 @@ from kd_methods.engine.checkpoint import sha256_of
 
 ROOT = Path(__file__).resolve().parents[2]
 # torchvision's CIFAR batches are Python pickles by format: data the user downloaded (md5-checked by
-# torchvision) and placed under --data-root, read with pickle.load in this one module.
+# torchvision) and placed under --data-root, read in this one module by an unpickler that admits numpy
+# arrays and plain data only (tests/test_data_files.py).
 PICKLE_ALLOWED = {"kd_methods/data/files.py"}
 
 
