@@ -353,7 +353,13 @@ def logits_and_targets(seed=0, n=4, c=NC):
     return torch.randn(n, c, generator=g) * 3, torch.randint(0, c, (n,), generator=g)
 
 
-def tsd_by_hand(z, y, k):
+def tsd_by_hand(z, k):
+    """The paper's top score difference: highest score minus the mean of the next k-1."""
+    top = z.softmax(1).sort(1, descending=True).values
+    return (top[:, 0] - top[:, 1:k].mean(1)).mean()
+
+
+def tsd_from_label_by_hand(z, y, k):
     f = z.softmax(1)
     out = []
     for i in range(len(y)):
@@ -369,7 +375,7 @@ def test_tolerant_loss_is_ce_plus_eta_term(term):
     logits, losses = step(d, "train", x, y)
     assert torch.allclose(losses["loss_ce"], F.cross_entropy(logits, y))
     p = logits.softmax(1)
-    by_hand = {"tsd": 1.0 * tsd_by_hand(logits, y, 5),
+    by_hand = {"tsd": 1.0 * tsd_by_hand(logits, 5),
                "ls": 0.25 * (-(1 / NC) * (p.log() + torch.log(torch.tensor(float(NC))))).sum(1).mean(),
                "cp": 0.2 * (p * p.log()).sum(1).mean()}
     if term == "none":
@@ -387,16 +393,53 @@ def test_tolerance_terms_push_towards_tolerance():
         loss_fn(z).backward()
         return (z - lr * z.grad).detach()
 
-    gap = lambda z: tsd_by_hand(z, y, 5)
+    gap = lambda z: tsd_by_hand(z, 5)
     z = after_step(lambda z: tsd_penalty(z, y, 5))
     assert gap(z) < gap(z0)
-    z = after_step(lambda z: F.cross_entropy(z, y))                 # a strict teacher widens the gap
+    y_top = z0.argmax(1)  # where the label holds the highest score, a strict teacher widens the gap
+    z = after_step(lambda z: F.cross_entropy(z, y_top))
     assert gap(z) > gap(z0)
     z = after_step(label_smoothing_penalty)
     assert label_smoothing_penalty(z) < label_smoothing_penalty(z0)
     entropy = lambda z: -(z.softmax(1) * z.log_softmax(1)).sum(1).mean()
     z = after_step(confidence_penalty)
     assert entropy(z) > entropy(z0)
+
+
+def test_tolerant_tsd_anchor_label_is_a_named_assumed_variant():
+    x, y = batch(n=8)
+    d = build_method("tolerant", model("cifar_resnet8"), num_classes=NC, tsd_anchor="label")
+    logits, losses = step(d, "train", x, y)
+    assert torch.allclose(losses["loss_tol"], tsd_from_label_by_hand(logits, y, 5), atol=1e-6)
+    paper = {r["name"]: r for r in METHODS.get("tolerant").provenance()}["tsd_anchor"]
+    variant = {r["name"]: r for r in METHODS.get("tolerant").provenance({"tsd_anchor": "label"})}["tsd_anchor"]
+    assert (paper["value"], paper["source"]) == ("top", "paper")
+    assert (variant["value"], variant["source"]) == ("label", "assumed") and "not in the paper" in variant["note"]
+    with pytest.raises(ConfigError, match="tsd_anchor"):
+        build_method("tolerant", model("cifar_resnet8"), num_classes=NC, tsd_anchor="primary")
+
+
+@pytest.mark.parametrize("anchor", ["top", "label"])
+def test_tsd_default_eta_and_k_leave_point_eight_on_the_label_under_either_anchor(anchor):
+    """The eta/K note's derivation, found numerically: one image's CE + eta * TSD is smallest at
+    p_y = (K-1)/(eta*K) = 0.8 with the label ranked first, whichever score the gap starts from."""
+    d = build_method("tolerant", model("cifar_resnet8"), num_classes=100, tsd_anchor=anchor)
+    z = (torch.randn(1, 100, generator=torch.Generator().manual_seed(3)) * 3).requires_grad_()
+    y = torch.tensor([7])
+    opt = torch.optim.Adam([z], lr=0.2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 600 steps of tiny ops: a second thread only adds hand-offs
+    try:
+        for _ in range(600):
+            loss = F.cross_entropy(z, y) + d.eta * d.tolerance(z, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    p = z.detach().softmax(1)[0]
+    assert p.argmax() == 7 and abs(float(p[7]) - 0.8) < 2e-3
+    assert float(p.sort(descending=True).values[:5].sum()) > 0.99  # the rest on at most K-1 = 4 classes
 
 
 def test_tolerant_hyperparameters():
@@ -423,7 +466,7 @@ def test_tolerant_student_learns_from_previous_generation():
         t = d.teachers[0](x)
     assert set(losses) == {"loss_ce", "loss_tol", "loss_kd"}
     assert torch.allclose(losses["loss_kd"], 0.5 * kd_loss(logits, t, 2.0), atol=1e-6)
-    assert torch.allclose(losses["loss_tol"], tsd_penalty(logits, y, 5), atol=1e-6)
+    assert torch.allclose(losses["loss_tol"], tsd_by_hand(logits, 5), atol=1e-6)
     assert has_grad(d.student)
     assert_teacher_frozen(d)
     with pytest.raises(ValueError):

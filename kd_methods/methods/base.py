@@ -27,16 +27,22 @@ from ..registry import Registry
 METHODS: Registry[type["Distiller"]] = Registry("method")
 
 
+SOURCES = ("paper", "assumed", "code")
+
+
 @dataclass(frozen=True)
 class Hyper:
-    """A method default and where it comes from."""
+    """A method default and where it comes from; `options` gives other named values their own
+    (source, note), so a config choosing one shows where that value comes from."""
     value: Any
     source: str = "paper"  # paper | assumed | code
     note: str = ""
+    options: Mapping[Any, tuple[str, str]] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.source not in ("paper", "assumed", "code"):
-            raise ValueError(f"Hyper source must be paper|assumed|code, got {self.source!r}")
+        for source in (self.source, *(s for s, _ in self.options.values())):
+            if source not in SOURCES:
+                raise ValueError(f"Hyper source must be paper|assumed|code, got {source!r}")
 
 
 @dataclass(frozen=True)
@@ -209,8 +215,12 @@ class Distiller(nn.Module):
         overrides = dict(overrides or {})
         rows = []
         for k, h in sorted(cls.defaults.items()):
-            if k in overrides and overrides[k] != h.value:
-                rows.append(dict(method=cls.name, name=k, value=overrides[k], source="config",
+            chosen = overrides.get(k, h.value)
+            if chosen != h.value and isinstance(chosen, str) and chosen in h.options:
+                source, note = h.options[chosen]
+                rows.append(dict(method=cls.name, name=k, value=chosen, source=source, note=note))
+            elif chosen != h.value:
+                rows.append(dict(method=cls.name, name=k, value=chosen, source="config",
                                  note=f"default {h.value!r} ({h.source}) overridden by the experiment"))
             else:
                 rows.append(dict(method=cls.name, name=k, value=h.value, source=h.source, note=h.note))
