@@ -65,10 +65,15 @@ def _without_wall(history):
     return [{k: v for k, v in r.items() if k != "wall_s"} for r in history]
 
 
-def test_resume_from_an_epoch_checkpoint_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("spec", [
+    tiny(epochs=3),
+    # DML's sequential order: one optimiser, two updates a step, the peer's batch norm counting once
+    tiny(epochs=2, method="dml", method_args={"peers": ["cifar_resnet8"], "update_order": "sequential"},
+         batch_size=8, train_subset=16, test_subset=16)], ids=["scratch", "dml-sequential"])
+def test_resume_from_an_epoch_checkpoint_equals_an_uninterrupted_run(tmp_path, monkeypatch, spec):
     from kd_methods.engine import metrics
 
-    cfg = resolve(tiny(epochs=3))
+    cfg = resolve(spec)
     full_ctx = ctx_for(tmp_path / "a")
     full = execute(cfg, full_ctx)
 
@@ -93,9 +98,9 @@ def test_resume_from_an_epoch_checkpoint_equals_an_uninterrupted_run(tmp_path, m
 
     assert history(ctx) == history(full_ctx)
     assert (resumed["top1_err"], resumed["top5_err"]) == (full["top1_err"], full["top5_err"])
-    a = torch.load(full_ctx.store.dir(cfg["run_id"]) / "model.pt", weights_only=True)["models"]["student"]
-    b = torch.load(ctx.store.dir(cfg["run_id"]) / "model.pt", weights_only=True)["models"]["student"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a = torch.load(full_ctx.store.dir(cfg["run_id"]) / "model.pt", weights_only=True)["models"]
+    b = torch.load(ctx.store.dir(cfg["run_id"]) / "model.pt", weights_only=True)["models"]
+    assert a.keys() == b.keys() and all(torch.equal(a[m][k], b[m][k]) for m in a for k in a[m])
     manifest = json.loads((ctx.store.dir(cfg["run_id"]) / "manifest.json").read_text())
     assert manifest["resumed"] == 1
 

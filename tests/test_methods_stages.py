@@ -296,6 +296,57 @@ def test_dml_mimicry_term_only_moves_its_own_network():
     assert has_grad(d.student) and no_grad(d.peers)
 
 
+def _dml_steps(order: str, n_steps: int = 2):
+    """Two engine steps (`train_step`, SGD lr 0.1) of one ResNet-8 pair in `order`: the state of both
+    networks and the losses after each step, and the pair as it was before the first."""
+    import copy
+    import dataclasses
+
+    from kd_methods.engine.optim import build_optimizer
+    from kd_methods.engine.trainer import train_step, update_steps
+    from kd_methods.runs.spec import Optim
+
+    d = dml(update_order=order)
+    before = copy.deepcopy(d)
+    stage = d.stages()[0]
+    d.train()
+    d.set_trainable(stage)
+    opt = build_optimizer(d.parameters_for(stage), dataclasses.asdict(Optim(lr=0.1)))
+    steps = update_steps(d, stage, torch.device("cpu"))
+    states, losses = [], []
+    for i in range(n_steps):
+        x, y = batch(n=8, seed=10 + i)
+        losses.append(train_step(steps, d, opt, x, y, StepContext(stage, step=i, total_steps=n_steps)))
+        states.append([copy.deepcopy(net.state_dict()) for net in d.networks])
+    return d, before, states, losses
+
+
+def test_dml_sequential_order_updates_net1_as_before_then_net2_from_net1s_new_predictions():
+    """Algorithm 1 through the engine: the first network's first update is the simultaneous form's, bit for
+    bit; the second network's first update already mimics the updated first network, so the forms part
+    from there, and on the second step the first network differs too."""
+    _, _, simultaneous, loss_sim = _dml_steps("simultaneous")
+    d, before, sequential, loss_seq = _dml_steps("sequential")
+    same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)
+    assert same(sequential[0][0], simultaneous[0][0])
+    assert not same(sequential[0][1], simultaneous[0][1])
+    assert not same(sequential[1][0], simultaneous[1][0])
+    assert set(loss_seq[0]) == set(loss_sim[0])  # the same losses are logged, one per network
+    assert torch.equal(loss_seq[0]["loss_dml_net1"], loss_sim[0]["loss_dml_net1"])
+    # network 2's mimicry term is measured against network 1 as it is after its update (batch statistics)
+    x, _ = batch(n=8, seed=10)
+    net1_after, net2_before = before.networks[0], before.networks[1]
+    net1_after.load_state_dict(sequential[0][0])
+    net1_after.train(), net2_before.train()
+    with torch.no_grad():
+        want = dml_loss(net2_before(x), [net1_after(x)])
+    assert torch.allclose(loss_seq[0]["loss_dml_net2"], want, atol=1e-5)
+    # each network's batch-norm statistics count every batch once, in its own update
+    bn = lambda state: int(state["bn1.num_batches_tracked"])
+    assert [bn(s) for s in sequential[1]] == [bn(s) for s in simultaneous[1]] == [2, 2]
+    assert [s.updates for s in d.stages()] == [(("net1",), ("net2",))]
+
+
 def test_dml_three_mixed_networks_and_dml_e():
     x, y = batch(n=2)
     peers = ("cifar_mobilenet", "cifar_wrn_16_2")
@@ -336,12 +387,13 @@ def test_dml_temperature_and_errors():
         _, losses = d(x, y, ctx_for(d, "train"))
         z1, z2 = d.student(x), d.peers[0](x)
     assert torch.allclose(losses["loss_dml_net1"], kd_loss(z1, z2, 2.0), atol=1e-6)
-    assert sources("dml")["temperature"] == "assumed"
-    assert any(r["name"] == "deviation" for r in METHODS.get("dml").provenance())
+    assert sources("dml")["temperature"] == "paper"  # Eq. 1's plain softmax is T = 1
     with pytest.raises(ConfigError, match="peers"):
         dml(peers=())
     with pytest.raises(ConfigError, match="variant"):
         dml(variant="dmlx")
+    with pytest.raises(ConfigError, match="update_order"):
+        dml(update_order="alternate")
     with pytest.raises(ValueError):
         build_method("dml", model("cifar_resnet8"), [model("cifar_resnet8")], num_classes=NC)
 

@@ -5,6 +5,9 @@ A method subclasses `Distiller`, registers itself in `METHODS`, and writes
 returned losses, so a method never touches the optimiser. Multi-stage methods (FitNets hint training,
 FSP stage 1, the FT paraphraser) declare their `stages()`: each stage names the parameter groups it
 trains (keys of `trainable_groups()`), and the engine gives each stage its own optimiser and schedule.
+A stage may also update its groups in turn within each step (`Stage.updates`, DML's Algorithm 1): the
+engine then runs one forward, backward and optimiser step per update, in order, with only that update's
+groups trainable, and tells `forward_train` which one it is (`ctx.update`).
 
 Teachers are frozen: kept outside the module tree (so they are not in checkpoints, not in
 `parameters()`, never switched to train mode), run under `torch.inference_mode`, and their outputs
@@ -49,13 +52,17 @@ class Hyper:
 class Stage:
     """One phase of a method's training.
 
-    name:   the key the experiment spec uses to give this stage its own length and optimiser.
-    trains: names of `Distiller.trainable_groups()` entries that receive gradients and are optimised.
-    losses: names of the losses `forward_train` returns in this stage (checked by the tests).
+    name:    the key the experiment spec uses to give this stage its own length and optimiser.
+    trains:  names of `Distiller.trainable_groups()` entries that receive gradients and are optimised.
+    losses:  names of the losses `forward_train` returns in this stage (over all its updates; checked by
+             the tests).
+    updates: groups updated one after another within each step, each from its own forward pass (so an
+             update sees the weights the previous ones just changed); empty: all of `trains` at once.
     """
     name: str
     trains: tuple[str, ...] = ("student",)
     losses: tuple[str, ...] = ("loss_ce",)
+    updates: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass
@@ -65,6 +72,7 @@ class StepContext:
     epoch: int = 0           # epoch within the stage, from 0
     step: int = 0            # optimiser step within the stage, from 0
     total_steps: int = 1     # optimiser steps in the stage
+    update: tuple[str, ...] | None = None   # the groups this forward updates (one of `stage.updates`)
 
     @property
     def progress(self) -> float:
@@ -150,11 +158,18 @@ class Distiller(nn.Module):
                     params.append(p)
         return params
 
-    def set_trainable(self, stage: Stage) -> None:
-        """requires_grad only on what this stage trains, so nothing else receives a gradient."""
+    def set_trainable(self, stage: Stage, update: Sequence[str] | None = None) -> None:
+        """requires_grad only on what this stage trains (or, within it, one of its `updates`), so nothing
+        else receives a gradient."""
+        params = self.parameters_for(stage)
+        if update is not None:
+            within = {id(p) for p in params}
+            params = self.parameters_for(Stage(stage.name, tuple(update)))
+            if any(id(p) not in within for p in params):
+                raise KeyError(f"stage '{stage.name}' updates {tuple(update)!r}, which it does not train")
         for module in self.trainable_groups().values():
             module.requires_grad_(False)
-        for p in self.parameters_for(stage):
+        for p in params:
             p.requires_grad_(True)
 
     def forward_train(self, images: Tensor, targets: Tensor, ctx: StepContext
