@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from kd_methods.runs.spec import NEEDS_REAL_DATA, ExperimentSpec, get_budget, resolve
+from kd_methods.runs.spec import NEEDS_REAL_DATA, ExperimentSpec, get_budget, resolve, walk
 
 REFERENCES = Path(__file__).parent / "references"
 
@@ -119,10 +119,9 @@ def plan(paper: Paper, budget: str, data: str, data_root: str, tables=None,
     for table in chosen:
         for cell in table.cells:
             cfgs = [resolve(s, budget, data=data, data_root=data_root) for s in cell_specs(cell, budget, seeds)]
-            missing = sorted({c["dataset"] for c in _all_configs(cfgs)
+            missing = sorted({c["dataset"] for c in walk(cfgs)
                               if c["dataset"] in NEEDS_REAL_DATA and not dataset_available(c["dataset"], data_root)})
-            weights = sorted({t["pretrained"]["path"] for c in _all_configs(cfgs) for t in c["teachers"]
-                              if "pretrained" in t and not Path(t["pretrained"]["path"]).is_file()})
+            weights = sorted({path for c in walk(cfgs) for path in _weights_files(c) if not Path(path).is_file()})
             reasons = []
             if missing:
                 reasons.append(f"needs {', '.join(missing)} under {data_root}/ (not present)")
@@ -133,7 +132,8 @@ def plan(paper: Paper, budget: str, data: str, data_root: str, tables=None,
     return out
 
 
-def _all_configs(cfgs):
-    for c in cfgs:
-        yield c
-        yield from _all_configs([t for t in c["teachers"] if "run_id" in t])
+def _weights_files(cfg: dict) -> list[str]:
+    """The weights files a run reads: pretrained teachers and an init file."""
+    init = cfg.get("init")
+    return ([t["pretrained"]["path"] for t in cfg["teachers"] if "pretrained" in t]
+            + ([init["path"]] if init and "path" in init else []))

@@ -48,13 +48,13 @@ def format_cell(summary: dict, ref: dict | None, paper_metric: str, budget: str 
 
 
 def _cell_specs(table):
-    """Every spec a table trains: its cells' specs and, recursively, their teachers' (a generation's
-    patriarch is trained with the TSD term, say)."""
+    """Every spec a table trains: its cells' specs and, recursively, their teachers' and the runs their
+    students start from (a generation's patriarch is trained with the TSD term, say)."""
     todo = [spec for c in table.cells for spec in c.specs]
     while todo:
         spec = todo.pop()
         yield spec
-        todo += [t for t in getattr(spec, "teachers", []) if hasattr(t, "method")]
+        todo += [t for t in [*getattr(spec, "teachers", []), getattr(spec, "init", None)] if hasattr(t, "method")]
 
 
 def _provenance_rows(table, ran_methods: set[str]) -> list[dict]:

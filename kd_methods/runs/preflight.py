@@ -25,12 +25,7 @@ from ..engine.trainer import data_config, init_student
 from ..errors import ConfigError
 from ..methods import METHODS, StepContext, build_method
 from ..models import create_model
-
-
-def walk(cfgs: Iterable[dict]):
-    for cfg in cfgs:
-        yield cfg
-        yield from walk(t for t in cfg["teachers"] if "run_id" in t)
+from .spec import walk
 
 
 def _num_classes(cfg: dict) -> int:
@@ -107,6 +102,7 @@ def preflight(cfgs: Iterable[dict]) -> int:
         input_size = get_spec(cfg["dataset"]).input_size
         n = _num_classes(cfg)
         init = cfg.get("init")
+        init = init if init and "run_id" not in init else None  # a run's student fits: same model, same data
         key = (cfg["method"], cfg["model"], n, input_size, teacher_keys, init and init["sha256"],
                json.dumps(cfg["method_args"], sort_keys=True))
         if key in seen:

@@ -1,7 +1,7 @@
 """Resolve a run's graph (its teachers first), reuse what is finished, resume what was interrupted.
 
-`execute(cfg, ctx)` is the only way a run is trained: it trains the teachers' runs it depends on
-(recursively, each once), takes the run's lock so two processes never train it twice, trains or resumes
+`execute(cfg, ctx)` is the only way a run is trained: it trains the runs it depends on (its teachers', and
+the one its student starts from; recursively, each once), takes the run's lock so two processes never train it twice, trains or resumes
 it through the one engine, and records it: `result.json` and `model.pt` in the run folder, a row in
 `results/<paper>/runs.csv` for every table that asked for it.
 """
@@ -19,6 +19,7 @@ from ..engine.checkpoint import load_checkpoint, load_verified, remove_temporari
 from ..engine.trainer import EngineOptions, pick_device, precision, train_run
 from ..errors import CheckpointError, NumericalFault, UserError
 from ..models import create_model
+from .spec import upstream
 from .store import RunStore, append_results_row, device_name, write_json
 
 
@@ -99,9 +100,8 @@ def execute(cfg: dict, ctx: RunContext | None = None) -> dict:
     ctx = ctx or RunContext()
     store, run_id = ctx.store, cfg["run_id"]
     if not store.is_finished(run_id):
-        for t in cfg["teachers"]:
-            if "pretrained" not in t:
-                execute(t, ctx)
+        for dependency in upstream(cfg):  # teachers' runs and the run the student starts from
+            execute(dependency, ctx)
         busy = f"[wait] {run_id} is being trained by another process; waiting for it to finish"
         lock = store.lock(run_id, on_wait=lambda: ctx.log(busy)) if not dist.is_distributed() else _no_lock()
         with lock:
@@ -131,6 +131,8 @@ def _train(cfg: dict, ctx: RunContext) -> None:
     ctx.log(f"[{'resume' if resuming else 'train'}] {run_id} {cfg['method']} {cfg['model']} "
             f"seed {cfg['seed']} on {cfg['dataset']} ({what})")
     teachers = [load_teacher(t, store) for t in cfg["teachers"]]
+    init = cfg.get("init")  # the student of another run: its starting weights
+    init_state = load_run_model(init, store).state_dict() if init and "run_id" in init else None
     manifest = run_dir / "manifest.json"
     manifest_before = manifest.read_bytes() if manifest.is_file() else None
     if dist.is_main():
@@ -139,7 +141,7 @@ def _train(cfg: dict, ctx: RunContext) -> None:
         store.start(cfg, device)
     t0 = time.time()
     try:
-        out = train_run(cfg, run_dir, teachers, ctx.opts)
+        out = train_run(cfg, run_dir, teachers, ctx.opts, init_state)
     except NumericalFault as e:
         if dist.is_main():
             store.update_manifest(run_id, status="failed", failure=str(e),
