@@ -211,3 +211,24 @@ def test_init_runs_and_skipped_stages_are_validated():
         resolve(ExperimentSpec(**base, train=Phase(length=0)))
     with pytest.raises(ConfigError, match="every stage of method 'scratch' has length 0"):
         execute(resolve(tiny(stages={"train": SKIPPED})), ctx_for(Path(tempfile.mkdtemp())))
+
+
+def test_a_weights_file_starts_every_network_of_its_architecture_in_a_cohort(tmp_path):
+    """DML from ImageNet-style weights: network 1 and its same-architecture peer both start from the file."""
+    import hashlib
+
+    from kd_methods.models import create_model
+
+    torch.manual_seed(7)
+    source = create_model("cifar_resnet8", num_classes=10)
+    torch.save(source.state_dict(), tmp_path / "w.pt")
+    sha = hashlib.sha256((tmp_path / "w.pt").read_bytes()).hexdigest()
+    frozen = Phase(length=1, unit="iter", optim=Optim(lr=1e-12, momentum=0.0, weight_decay=0.0, schedule="constant"))
+    spec = tiny(method="dml", method_args={"peers": ["cifar_resnet8"]}, batch_size=8, train_subset=8,
+                test_subset=8, train=frozen, init=Pretrained("cifar_resnet8", str(tmp_path / "w.pt"), sha, 10))
+    cfg = resolve(spec)
+    ctx = ctx_for(tmp_path)
+    execute(cfg, ctx)
+    saved = torch.load(ctx.store.dir(cfg["run_id"]) / "model.pt", weights_only=True)["models"]
+    for net in ("net1", "net2"):
+        assert torch.allclose(saved[net]["conv1.weight"], source.conv1.weight, atol=1e-9), net

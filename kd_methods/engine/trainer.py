@@ -116,9 +116,11 @@ def init_student(student: nn.Module, init: dict, num_classes: int) -> None:
     """Start the student from a verified weights file (the spec's `init`).
 
     Every tensor must fit; only a classifier trained for another number of classes (ImageNet weights for
-    a 200-class task) is skipped, and the student keeps its fresh classifier.
+    a 200-class task) is skipped, and the student keeps its fresh classifier, and so are the tensors under
+    the init's `ignore` prefixes (an auxiliary head the student does not have).
     """
     state = load_verified(Path(init["path"]), init["sha256"])
+    state = {k: v for k, v in state.items() if not k.startswith(tuple(init.get("ignore", ())))}
     head = getattr(student, "pretrained_cfg", {}).get("classifier", "fc") + "."
     new_head = init["num_classes"] != num_classes
     if new_head:
@@ -196,6 +198,10 @@ def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineO
     elif cfg.get("init"):
         init_student(student, cfg["init"], data.num_classes)
     distiller = build_method(cfg["method"], student, teachers, data.num_classes, **cfg["method_args"])
+    if cfg.get("init") and "path" in cfg["init"]:  # a cohort (DML) starts each network of that architecture so
+        for net in distiller.eval_models().values():
+            if net is not student and getattr(net, "pretrained_cfg", {}).get("architecture") == cfg["init"]["model"]:
+                init_student(net, cfg["init"], data.num_classes)
     if cfg.get("bn_stats") == "cumulative":  # smoke budget: see kd_methods.runs.spec.resolve
         for m in distiller.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):

@@ -46,8 +46,8 @@ VARIANTS = ("dml", "dml_e")
 UPDATE_ORDERS = ("simultaneous", "sequential")
 
 
-_ORDER_NOTE = ("all K networks updated from one forward pass per step; Algorithm 1 updates them in turn and "
-               "recomputes the predictions in between ('sequential', the paper's order)")
+_ORDER_NOTE = ("Algorithm 1: network 1 is updated, the predictions are recomputed, then network 2 is updated, "
+               "and so on (the released code likewise runs one train op per network)")
 
 
 @contextmanager
@@ -88,10 +88,11 @@ class DML(Distiller):
         "temperature": Hyper(1.0, "paper",
                              "the class posterior (Eq. 1) is a plain softmax, with no temperature: T = 1; T != 1 "
                              "divides logits by T in the mimicry term and scales it by T^2 as in Hinton's KD"),
-        "update_order": Hyper("simultaneous", "assumed", _ORDER_NOTE,
-                              options={"sequential": ("paper", "Algorithm 1: network 1 is updated, the "
-                                                               "predictions are recomputed, then network 2 "
-                                                               "is updated, and so on")}),
+        "update_order": Hyper("sequential", "paper", _ORDER_NOTE,
+                              options={"simultaneous": ("assumed", "not the paper's order: all K networks updated "
+                                                                   "from one forward pass a step (each mimics its "
+                                                                   "peers as they were before the step); K forward "
+                                                                   "passes a step instead of K*K")}),
     }
 
     def __init__(self, student: nn.Module, teachers: Sequence[nn.Module] = (),

@@ -47,7 +47,8 @@ def load_teacher(t: dict, store: RunStore | None) -> torch.nn.Module:
         p = t["pretrained"]
         model = create_model(p["model"], num_classes=p["num_classes"])
         try:
-            model.load_state_dict(load_verified(Path(p["path"]), p["sha256"]))
+            state = load_verified(Path(p["path"]), p["sha256"])
+            model.load_state_dict({k: v for k, v in state.items() if not k.startswith(tuple(p.get("ignore", ())))})
         except RuntimeError as e:  # missing, unexpected or reshaped keys, one kind per line
             lines = [line.strip() for line in str(e).splitlines() if line.strip()]
             detail = lines[min(1, len(lines) - 1)]

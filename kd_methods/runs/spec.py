@@ -60,6 +60,7 @@ class Pretrained:
     sha256: str
     num_classes: int = 1000
     source: str = ""
+    ignore: list[str] = field(default_factory=list)   # key prefixes the model lacks (an auxiliary head)
 
 
 @dataclass
