@@ -104,7 +104,9 @@ class TolerantTeacher(_Tolerance):
     stage_names = ("train",)
     max_teachers = 0
     defaults = {
-        "term": Hyper("tsd", "paper", "the paper's proposal; 'ls' and 'cp' are its compared variants"),
+        "term": Hyper("tsd", "paper", "the top score difference is the term the paper proposes (its method "
+                                     "section); label smoothing ('ls') and the confidence penalty ('cp') are the "
+                                     "variants it compares it with"),
         "k": Hyper(5, "assumed", _K_NOTE),
         "eta": Hyper(dict(_ETA_DEFAULT), "assumed", _ETA_NOTE),
         "tsd_anchor": _ANCHOR,
