@@ -9,10 +9,14 @@ trained with its own supervised loss and a mimicry loss towards the other networ
 The other networks' predictions p_l are constants in network k's loss (`dml_loss` detaches them), so
 the sum of all K losses, taken in one backward pass, gives every network exactly its own gradient.
 
-Update order (`update_order`). Algorithm 1 updates the networks in turn within each step: network 1
-from the predictions of all networks, then "update the predictions p1 and p2" and network 2 from them,
-and so on ("sequential"; the released TensorFlow code does the same, one train op per network, each
-recomputing the predictions). Network k then mimics the predictions of networks 1..k-1 as they are
+DML_e (Sec. 4, "ensemble" variant) instead matches the average of the others:
+L_k = CE(y, p_k) + KL(1/(K-1) sum_{l != k} p_l || p_k); the paper finds it worse than DML. For K = 2
+the two variants coincide.
+
+Update order (`update_order`, by default the paper's "sequential"). Algorithm 1 updates the networks
+in turn within each step: network 1 from the predictions of all networks, then "update the predictions
+p1 and p2" and network 2 from them, and so on (the released TensorFlow code does the same, one train op
+per network, each recomputing the predictions). Network k then mimics the predictions of networks 1..k-1 as they are
 after their update in this step. "simultaneous" updates all K from one forward pass (every network
 mimics its peers as they were before the step); it costs K forward passes per step where sequential
 costs K*K. In the sequential form each network is the only one that builds a graph in its update, the
@@ -20,9 +24,6 @@ others' predictions are recomputed without gradients and with batch norm normali
 without adding it to their running statistics (the released code likewise runs only the updated
 network's batch-norm update ops), so every network counts each batch once. One batch serves all K
 updates of a step, as in Algorithm 1 (the released code dequeues a new batch for each network's update).
-DML_e (Sec. 4, "ensemble" variant) instead matches the average of the others:
-L_k = CE(y, p_k) + KL(1/(K-1) sum_{l != k} p_l || p_k); the paper finds it worse than DML. For K = 2
-the two variants coincide.
 
 The student is network 1; `peers` names the architectures of networks 2..K, built fresh with
 `create_model(name, num_classes)`. Every network is evaluated (`net1`, `net2`, ...); the student is the
@@ -44,8 +45,6 @@ from .base import METHODS, Distiller, Hyper, Stage, StepContext
 
 VARIANTS = ("dml", "dml_e")
 UPDATE_ORDERS = ("simultaneous", "sequential")
-
-
 _ORDER_NOTE = ("Algorithm 1: network 1 is updated, the predictions are recomputed, then network 2 is updated, "
                "and so on (the released code likewise runs one train op per network)")
 
