@@ -198,8 +198,8 @@ def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineO
     elif cfg.get("init"):
         init_student(student, cfg["init"], data.num_classes)
     distiller = build_method(cfg["method"], student, teachers, data.num_classes, **cfg["method_args"])
-    if cfg.get("init") and "path" in cfg["init"]:  # a cohort (DML) starts each network of that architecture so
-        for net in distiller.eval_models().values():
+    if cfg.get("init") and "path" in cfg["init"]:  # the file starts every trained network of its architecture
+        for net in distiller.eval_models().values():        # (a DML cohort's same-architecture peers)
             if net is not student and getattr(net, "pretrained_cfg", {}).get("architecture") == cfg["init"]["model"]:
                 init_student(net, cfg["init"], data.num_classes)
     if cfg.get("bn_stats") == "cumulative":  # smoke budget: see kd_methods.runs.spec.resolve
