@@ -605,3 +605,18 @@ def test_paper_pairs_train_two_sgd_steps(method, student, teachers, hp, lr):
         r = d.regressors["hint0"]
         assert r.activation == "maxout" and tuple(r.conv.kernel_size) == (2, 2)
     two_sgd_steps(d, *batch(n=2, num_classes=nc), lr)
+
+
+# -- provenance ------------------------------------------------------------------------------------
+
+def test_every_paper_default_says_where_the_paper_states_it():
+    """A default labelled "paper" names its place (section, equation, table, algorithm or the named
+    definition); values the papers do not state are "assumed" or, from released code, "code"."""
+    import re
+    where = re.compile(r"Sec\. \d|Eq\. \d|Table \d|Algorithm \d|definition of the term|method section")
+    for name in METHODS:
+        for key, h in METHODS.get(name).defaults.items():
+            if h.source == "paper":
+                assert where.search(h.note), f"{name}.{key}: {h.note!r}"
+    assert sources("ban")["weight"] == "assumed" and sources("ft")["rate"] == "code"
+    assert sources("dml")["temperature"] == sources("dml")["update_order"] == "paper"
