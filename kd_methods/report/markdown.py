@@ -38,8 +38,9 @@ def format_cell(summary: dict, ref: dict | None, paper_metric: str, budget: str 
         ours = f"**{_fmt(mean)}** ± {_fmt(summary['std'])} (n={summary['n']})"
     else:
         ours = f"*{summary['reason']}*"
-    if ref is None or ref["value"] is None:
-        paper = f"paper: *{NOT_TRANSCRIBED}*"
+    if ref is None or ref["value"] is None:  # not read yet, or (the notes say why) no such value exists
+        exists = ref is None or "not transcribed" in ref["note"] or not ref["note"]
+        paper = f"paper: *{NOT_TRANSCRIBED}*" if exists else "paper: *none (see the notes)*"
         diff = ""
     else:
         paper = f"paper: {_fmt(ref['value'])}"
