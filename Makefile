@@ -9,7 +9,7 @@ KD     := $(PY) -m kd_methods.cli
 ARGS   := --budget $(BUDGET) --data $(DATA)
 
 .PHONY: all install test test-fast smoke reproduce-feed reproduce-dml reproduce-fitnets reproduce-fsp \
-        reproduce-tsd reproduce-all report bench ddp-smoke clean-runs
+        reproduce-tsd reproduce-claims reproduce-all report bench ddp-smoke clean-runs
 
 all: install
 
@@ -30,7 +30,7 @@ test-fast: install
 smoke: install
 	$(KD) run configs/scratch_resnet20_synthetic.yaml --budget paper --data synthetic
 
-reproduce-feed reproduce-dml reproduce-fitnets reproduce-fsp reproduce-tsd: install
+reproduce-feed reproduce-dml reproduce-fitnets reproduce-fsp reproduce-tsd reproduce-claims: install
 	$(KD) reproduce $(@:reproduce-%=%) $(ARGS)
 
 reproduce-all: reproduce-feed reproduce-dml reproduce-fitnets reproduce-fsp reproduce-tsd

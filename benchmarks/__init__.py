@@ -1,4 +1,5 @@
-"""One module per paper (`feed`, `dml`, `fitnets`, `fsp`, `tsd`), each exposing `paper() -> Paper`.
+"""One module per paper (`feed`, `dml`, `fitnets`, `fsp`, `tsd`), each exposing `paper() -> Paper`, and
+`claims`: each paper's headline claim tested on real images at CPU scale.
 
 `reproduce(key, ...)` trains every missing run of the paper's tables (teachers first, each once;
 finished runs are reused, interrupted ones resume) and then renders the paper's report.
@@ -9,9 +10,9 @@ import dataclasses
 import importlib
 from pathlib import Path
 
-from .core import Cell, Paper, Plot, Table, generations, labelled, plan, seeds
+from .core import Cell, Comparison, Paper, Plot, Table, generations, labelled, plan, seeds
 
-PAPER_MODULES = ("feed", "dml", "fitnets", "fsp", "tsd")
+PAPER_MODULES = ("feed", "dml", "fitnets", "fsp", "tsd", "claims")
 
 
 def get_paper(key: str) -> Paper:
@@ -54,5 +55,5 @@ def reproduce(key: str, budget: str = "paper", data: str = "auto", data_root: st
         render_paper(paper, results_dir=Path(ctx.results_dir), runs_dir=ctx.store.root)
 
 
-__all__ = ["Cell", "Paper", "Plot", "Table", "generations", "labelled", "seeds", "get_paper", "reproduce",
+__all__ = ["Cell", "Comparison", "Paper", "Plot", "Table", "generations", "labelled", "seeds", "get_paper", "reproduce",
            "cell_label"]

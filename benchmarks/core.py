@@ -28,6 +28,23 @@ class Cell:
     note: str = ""
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """A claim tested on a table's runs, paired by seed: `better` (a row of the table) beats `than`.
+
+    kind "final": the difference is than's metric minus better's (errors: positive when better is lower),
+    per seed. kind "iterations": how many fewer iterations of its stage `stage` better needs to reach than's
+    final metric than than trained for. Run `s` of `than` pairs with the run of seed `s + seed_offset` of
+    `better` (a generation trained with a seed of its own still pairs with its parent's seed).
+    """
+    claim: str
+    better: str
+    than: str
+    kind: str = "final"                 # final | iterations
+    stage: str = "train"                # kind "iterations": the stage whose iterations count
+    seed_offset: int = 0
+
+
 @dataclass
 class Table:
     key: str                            # "table2": file name of the report, --tables filter
@@ -37,6 +54,8 @@ class Table:
     cols: list[str] = field(default_factory=list)
     paper_metric: str = "top1_error"    # how the paper prints it: top1_error | top1_acc | entropy
     notes: list[str] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)   # claims tested on the runs, with verdicts
+    paper_values: bool = True           # False: a table of our own (the claims), no paper column
 
     def __post_init__(self):
         if not self.rows:

@@ -10,14 +10,16 @@
 | cifar100           | 100     | 3x32x32   | 50000 / 10000         | crop_flip       | CIFAR-100 train stats    |
 | svhn               | 10      | 3x32x32   | 73257 / 26032         | none            | SVHN train stats         |
 | mnist              | 10      | 1x28x28   | 60000 / 10000         | none            | MNIST train stats        |
+| fashion_mnist      | 10      | 1x28x28   | 60000 / 10000         | none            | Fashion-MNIST train stats|
 | imagenet           | folders | 3x224x224 | 1281167 / 50000       | imagenet        | ImageNet constants       |
 | cub200             | 200     | 3x224x224 | 5994 / 5794           | imagenet        | ImageNet constants       |
 
 The per-channel constants are the means and standard deviations of each real train split (pixels in
 [0, 1]); the synthetic sets compute theirs from the split in use. The synthetic images use the fixed data
 seed 0, so the runs of different seeds see the same data (as they would with a real dataset).
-SVHN and MNIST default to no augmentation (flipping digits changes their meaning). MNIST keeps its single
-grey channel; a model for it must take 1 input channel. SVHN's 531k "extra" images are not used.
+SVHN and MNIST default to no augmentation (flipping digits changes their meaning), Fashion-MNIST too (as in
+its benchmark). MNIST and Fashion-MNIST keep their single grey channel: a model built for them gets
+`in_chans=1`. SVHN's 531k "extra" images are not used.
 """
 from __future__ import annotations
 
@@ -79,6 +81,9 @@ _register("svhn", DatasetSpec(
 _register("mnist", DatasetSpec(
     "MNIST", (1, 28, 28), 10, "none", (0.1307,), (0.3081,),
     read=lambda cfg: files.read_mnist(cfg.root), fetch=partial(files.download, "mnist")))
+_register("fashion_mnist", DatasetSpec(
+    "Fashion-MNIST", (1, 28, 28), 10, "none", (0.2860,), (0.3530,),
+    read=lambda cfg: files.read_mnist(cfg.root, "fashion_mnist"), fetch=partial(files.download, "fashion_mnist")))
 
 _register("imagenet", DatasetSpec(
     "ImageNet", (3, 224, 224), None, "imagenet", IMAGENET_MEAN, IMAGENET_STD, scan=scan_imagenet,

@@ -192,7 +192,7 @@ def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineO
 
     seed_everything(cfg["seed"])
     data = build_data(data_config(cfg, dist.world_size()), device, rank=dist.rank(), world_size=dist.world_size())
-    student = create_model(cfg["model"], num_classes=data.num_classes)
+    student = create_model(cfg["model"], num_classes=data.num_classes, in_chans=data.input_size[0])
     if cfg.get("init") and "run_id" in cfg["init"]:
         student.load_state_dict(init_state)
     elif cfg.get("init"):

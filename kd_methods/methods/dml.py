@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..functional import dml_loss, ensemble_kd_loss
-from ..models import create_model
+from ..models import create_model, input_channels
 from .base import METHODS, Distiller, Hyper, Stage, StepContext
 
 VARIANTS = ("dml", "dml_e")
@@ -108,7 +108,8 @@ class DML(Distiller):
         if self.hp["update_order"] not in UPDATE_ORDERS:
             raise ConfigError(f"dml: unknown update_order {self.hp['update_order']!r}; valid: "
                               f"{', '.join(UPDATE_ORDERS)}")
-        self.peers = nn.ModuleList(create_model(name, num_classes) for name in peers)
+        channels = input_channels(student)  # the peers see the student's images
+        self.peers = nn.ModuleList(create_model(name, num_classes, in_chans=channels) for name in peers)
 
     @property
     def networks(self) -> list[nn.Module]:

@@ -12,13 +12,12 @@ from typing import Sequence
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..models import FeatureTap, feature_shapes, stage_points
+from ..models import FeatureTap, feature_shapes, probe_input_size, stage_points
 from .base import Distiller, as_constant
 
-# Dry-run input for measuring feature shapes. Only channel counts, and whether student and teacher
-# maps have equal spatial sizes, are read from it; for nets of the same family neither depends on the
-# input size. The losses check the real shapes again at every step.
-PROBE_SIZE = (3, 32, 32)
+# Feature shapes come from a dry run at each network's `probe_input_size`. Only channel counts, and
+# whether student and teacher maps have equal spatial sizes, are read from it; for nets of the same
+# family neither depends on the input size. The losses check the real shapes again at every step.
 
 
 def stage_groups(model: nn.Module) -> list[str]:
@@ -43,8 +42,8 @@ class FeatureDistiller(Distiller):
         # teachers stay outside parameters() and state_dict(). Their hooks record only inside tap(x).
         self.student_tap = FeatureTap(self.student, s_points)
         self.teacher_taps = [FeatureTap(t, p) for t, p in zip(self.teachers, t_points)]
-        self.student_shapes = feature_shapes(self.student, s_points, PROBE_SIZE)
-        self.teacher_shapes = [feature_shapes(t, p, PROBE_SIZE) for t, p in zip(self.teachers, t_points)]
+        self.student_shapes = feature_shapes(self.student, s_points, probe_input_size(self.student))
+        self.teacher_shapes = [feature_shapes(t, p, probe_input_size(t)) for t, p in zip(self.teachers, t_points)]
 
     def _resolve(self, model: nn.Module, who: str) -> dict[str, str]:
         known = stage_points(model)

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..functional import hint_loss, kd_loss
-from ..models import FeatureTap, stage_points
+from ..models import FeatureTap, probe_input_size, stage_points
 from ..models.features import canonical_point, resolve_module
 from .base import METHODS, Distiller, Hyper, Stage, StepContext, as_constant
 
@@ -57,10 +57,8 @@ def resolve_point(model: nn.Module, point: str) -> str:
 
 
 def input_size(model: nn.Module, given: Sequence[int] | None) -> tuple[int, ...]:
-    """`given`, else the model's timm pretrained_cfg input size, else CIFAR's 3x32x32."""
-    if given is not None:
-        return tuple(given)
-    return tuple(getattr(model, "pretrained_cfg", {}).get("input_size", (3, 32, 32)))
+    """`given`, else the network's own probe size (`probe_input_size`)."""
+    return tuple(given) if given is not None else probe_input_size(model)
 
 
 class _DryRun:

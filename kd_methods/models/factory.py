@@ -20,19 +20,23 @@ def _torchvision_names() -> list[str]:
 
 
 def create_model(name: str, num_classes: int, pretrained_file: str | os.PathLike | None = None,
-                 load_head: bool = True, **kwargs: Any) -> nn.Module:
+                 load_head: bool = True, in_chans: int | None = None, **kwargs: Any) -> nn.Module:
     """A model from timm's registry (ours included) or ``"torchvision.<name>"`` from torchvision.
 
     ``pretrained_file``: a local file saved with ``torch.save`` holding a state dict (or a checkpoint
     dict with it under "state_dict" or "model"); it is read with ``weights_only=True`` on the CPU and
     must fit the model exactly. ``load_head=False`` skips the classifier's weights (fine-tuning on a new
-    label set, e.g. ImageNet weights for CUB-200). Extra ``kwargs`` go to the model constructor.
+    label set, e.g. ImageNet weights for CUB-200). ``in_chans``: the images' channels (1 for MNIST-like
+    sets; None: the model's default). Extra ``kwargs`` go to the model constructor.
     """
     if name.startswith(TORCHVISION_PREFIX):
         arch = name[len(TORCHVISION_PREFIX):]
         names = _torchvision_names()
         if arch not in names:
             raise ConfigError(f"unknown torchvision model '{arch}'{closest(arch, names)}")
+        if in_chans not in (None, 3):
+            raise ConfigError(f"torchvision model '{arch}' takes 3-channel images, not {in_chans}; use a timm "
+                              f"or kd-bench model for this dataset")
         model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
         head = "fc" if isinstance(getattr(model, "fc", None), nn.Linear) else "classifier"
     else:
@@ -40,11 +44,27 @@ def create_model(name: str, num_classes: int, pretrained_file: str | os.PathLike
             choices = timm.list_models() + [TORCHVISION_PREFIX + n for n in _torchvision_names()]
             raise ConfigError(f"unknown model '{name}'{closest(name, choices)}; valid names are those of "
                               f"timm.list_models() and 'torchvision.<name>'")
+        if in_chans is not None:
+            kwargs["in_chans"] = in_chans
         model = timm.create_model(name, num_classes=num_classes, **kwargs)
         head = model.pretrained_cfg.get("classifier", "fc")
     if pretrained_file is not None:
         load_state_file(model, pretrained_file, skip_prefix=None if load_head else head)
     return model
+
+
+def input_channels(model: nn.Module) -> int:
+    """The channels a network takes: its first convolution's input channels (3 if it has none)."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return conv.in_channels if conv is not None else 3
+
+
+def probe_input_size(model: nn.Module) -> tuple[int, int, int]:
+    """(C, H, W) of a dry run that measures a network's feature maps: its timm pretrained_cfg size (else
+    CIFAR's 32x32) with the channels it was built for (a CIFAR net built for 1-channel Fashion-MNIST gets
+    1 channel)."""
+    _, *spatial = getattr(model, "pretrained_cfg", {}).get("input_size", (3, 32, 32))
+    return (input_channels(model), *spatial)
 
 
 def _unwrap(obj: Any) -> Mapping[str, torch.Tensor] | None:

@@ -68,8 +68,16 @@ def table_summaries(table, rows: list[dict], budget: str | None) -> dict:
     return summaries
 
 
-def table_status(paper, table, rows: list[dict], refs: dict) -> dict:
-    """One line of the results index: what ran, on what, and how far from the paper."""
+def table_comparisons(table, summaries: dict, runs_dir: Path) -> list[dict]:
+    """The table's claims (`Table.comparisons`) computed on its runs; see `compare`."""
+    from .compare import compare, run_curve
+    return [compare(c, summaries, metric_value, lambda run_id: run_curve(runs_dir, run_id))
+            for c in getattr(table, "comparisons", ())]
+
+
+def table_status(paper, table, rows: list[dict], refs: dict, runs_dir: Path = Path("runs")) -> dict:
+    """One line of the results index: what ran, on what, how far from the paper, and the verdicts of
+    the table's claims."""
     from .markdown import to_paper_metric
 
     budget = chosen_budget(rows, (table.key,))
@@ -84,7 +92,9 @@ def table_status(paper, table, rows: list[dict], refs: dict) -> dict:
     for s in summaries.values():
         if not s["n"] and s["reason"].startswith("not run: "):
             needs += [n for n in s["reason"][len("not run: "):].split("; ") if n not in needs]
+    verdicts = [c["verdict"] for c in table_comparisons(table, summaries, runs_dir) if c["n"]]
     return dict(budget=budget, cells=len(summaries), ran=sum(1 for s in summaries.values() if s["n"]),
+                verdicts=verdicts, claims=len(getattr(table, "comparisons", ())),
                 not_run="not run" + (": " + "; ".join(needs) if needs else ""),
                 datasets=sorted({r["dataset"] for r in ran}),
                 devices=sorted({r["device"] for r in ran if r["device"]}),
@@ -105,7 +115,9 @@ def render_paper(paper, results_dir: Path = Path("results"), runs_dir: Path = Pa
     written = []
     for table in paper.tables:
         budget = chosen_budget(rows, (table.key,))
-        text = render_table_markdown(paper, table, table_summaries(table, rows, budget), refs, budget)
+        summaries = table_summaries(table, rows, budget)
+        text = render_table_markdown(paper, table, summaries, refs, budget,
+                                     table_comparisons(table, summaries, Path(runs_dir)))
         path = out_dir / f"{table.key}.md"
         write_text(path, text)
         written.append(path)
@@ -115,7 +127,7 @@ def render_paper(paper, results_dir: Path = Path("results"), runs_dir: Path = Pa
                   path=path)
         written.append(path)
     if index:
-        write_index(Path(results_dir))
+        write_index(Path(results_dir), Path(runs_dir))
     return written
 
 
@@ -123,10 +135,10 @@ def render_all(papers, results_dir: Path = Path("results"), runs_dir: Path = Pat
     from benchmarks import get_paper
     for key in papers:
         render_paper(get_paper(key), results_dir, runs_dir, index=False)
-    write_index(Path(results_dir))
+    write_index(Path(results_dir), Path(runs_dir))
 
 
-def write_index(results_dir: Path) -> None:
+def write_index(results_dir: Path, runs_dir: Path = Path("runs")) -> None:
     """results/README.md: every paper's tables with their status (see `table_status`) and plots."""
     from benchmarks import PAPER_MODULES, get_paper
     from benchmarks.core import load_references
@@ -138,7 +150,7 @@ def write_index(results_dir: Path) -> None:
         paper = get_paper(key)
         rows = read_results(Path(results_dir) / key / "runs.csv")
         refs = load_references(key)
-        papers.append((paper, [(t, table_status(paper, t, rows, refs)) for t in paper.tables]))
+        papers.append((paper, [(t, table_status(paper, t, rows, refs, runs_dir)) for t in paper.tables]))
     write_text(Path(results_dir) / "README.md", render_index(Path(results_dir), papers))
 
 

@@ -29,7 +29,7 @@ def _fmt(x: float | None, digits: int = 2) -> str:
 
 
 def format_cell(summary: dict, ref: dict | None, paper_metric: str, budget: str | None,
-                comparable: bool = True) -> str:
+                comparable: bool = True, paper_values: bool = True) -> str:
     """Ours (mean ± std, n), the paper's value, and the difference; no difference for smoke or synthetic
     runs (`comparable` False), whose numbers must not be read against the paper's."""
     cell = summary["cell"]
@@ -38,7 +38,9 @@ def format_cell(summary: dict, ref: dict | None, paper_metric: str, budget: str 
         ours = f"**{_fmt(mean)}** ± {_fmt(summary['std'])} (n={summary['n']})"
     else:
         ours = f"*{summary['reason']}*"
-    if ref is None or ref["value"] is None:  # not read yet, or (the notes say why) no such value exists
+    if not paper_values:  # a table of our own (the claims benchmark): nothing to compare with
+        paper, diff = "", ""
+    elif ref is None or ref["value"] is None:  # not read yet, or (the notes say why) no such value exists
         exists = ref is None or "not transcribed" in ref["note"] or not ref["note"]
         paper = f"paper: *{NOT_TRANSCRIBED}*" if exists else "paper: *none (see the notes)*"
         diff = ""
@@ -76,7 +78,45 @@ def _provenance_rows(table, ran_methods: set[str]) -> list[dict]:
     return rows
 
 
-def render_table_markdown(paper, table, summaries: dict, refs: dict, budget: str | None) -> str:
+def _fmt_diff(c: dict) -> str:
+    unit = "iterations" if c["kind"] == "iterations" else "points"
+    digits = 0 if c["kind"] == "iterations" else 2
+    if c["diff"] is None:
+        return "—"
+    ci = f" [{c['low']:+.{digits}f}, {c['high']:+.{digits}f}]" if c["low"] is not None else " (no interval: n < 2)"
+    return f"{c['diff']:+.{digits}f} {unit}{ci}"
+
+
+def _fmt_arm(mean, std, kind: str) -> str:
+    if mean is None:
+        return "*not run*"
+    digits = 0 if kind == "iterations" else 2
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def render_comparisons(comparisons: list[dict], testable: bool) -> list[str]:
+    """The claims section: both arms, the paired difference with its 95% interval, and the verdict
+    (none for smoke/synthetic runs, which test the pipeline, not the claim)."""
+    lines = ["", "## Claims, paired by seed", "",
+             "Each difference is taken so that a positive value supports the claim (errors: the other arm's "
+             "minus the claimed better arm's; iterations: how many fewer). 95% interval: Student's t over the "
+             "seeds' paired differences. Verdict: **holds** if the interval is above zero, **reversed** if "
+             "below, **inconclusive** otherwise.", "",
+             "| claim | better arm | other arm | paired difference (95% CI) | n | verdict |", "|---|---|---|---|---|---|"]
+    for c in comparisons:
+        what = "iterations to reach the other arm's final error / its iterations" if c["kind"] == "iterations" \
+            else "error (%)"
+        v = f"**{c['verdict']}**" if testable and c["n"] else ("— (smoke/synthetic: not a test of the claim)"
+                                                             if c["n"] else "— (not run)")
+        note = f"<br>{c['note']}" if c["note"] else ""
+        lines.append(f"| {c['claim']} ({what}) | {c['better']}: {_fmt_arm(c['better_mean'], c['better_std'], c['kind'])} "
+                     f"| {c['than']}: {_fmt_arm(c['than_mean'], c['than_std'], c['kind'])} | {_fmt_diff(c)}{note} "
+                     f"| {c['n']} | {v} |")
+    return lines
+
+
+def render_table_markdown(paper, table, summaries: dict, refs: dict, budget: str | None,
+                          comparisons: list[dict] = ()) -> str:
     ran = [r for s in summaries.values() for r in s["rows"]]
     datasets = sorted({r["dataset"] for r in ran})
     devices = sorted({r["device"] for r in ran if r.get("device")})
@@ -93,8 +133,14 @@ def render_table_markdown(paper, table, summaries: dict, refs: dict, budget: str
         if budget == "smoke" or synthetic:
             lines += ["", "> **Smoke/synthetic numbers.** These runs check that the pipeline works end to end; "
                           "they are not a reproduction of the paper and must not be compared with its values."]
-    lines += ["", f"Metric: {METRIC_NAMES.get(table.paper_metric, table.paper_metric)}; each cell: ours, the "
-                  f"paper's value, and ours − paper{' (not shown for smoke/synthetic runs)' if synthetic or budget == 'smoke' else ''}.", ""]
+    paper_values = getattr(table, "paper_values", True)
+    smoke = synthetic or budget == "smoke"
+    if paper_values:
+        lines += ["", f"Metric: {METRIC_NAMES.get(table.paper_metric, table.paper_metric)}; each cell: ours, the "
+                      f"paper's value, and ours − paper{' (not shown for smoke/synthetic runs)' if smoke else ''}.", ""]
+    else:
+        lines += ["", f"Metric: {METRIC_NAMES.get(table.paper_metric, table.paper_metric)}; each cell: mean ± "
+                      f"sample std over seeds (n).", ""]
     lines.append("| | " + " | ".join(table.cols) + " |")
     lines.append("|---" * (len(table.cols) + 1) + "|")
     for row in table.rows:
@@ -102,8 +148,10 @@ def render_table_markdown(paper, table, summaries: dict, refs: dict, budget: str
         for col in table.cols:
             s = summaries.get((row, col))
             cells.append(format_cell(s, refs.get((table.key, row, col)), table.paper_metric, budget,
-                                     comparable=not (budget == "smoke" or synthetic)) if s else "")
+                                     comparable=not smoke, paper_values=paper_values) if s else "")
         lines.append(f"| **{row}** | " + " | ".join(cells) + " |")
+    if comparisons:
+        lines += render_comparisons(list(comparisons), testable=budget is not None and not smoke)
     sources = sorted({r["source"] for k, r in refs.items() if k[0] == table.key and r["source"]})
     notes = [r["note"] for k, r in refs.items() if k[0] == table.key and r["note"]]
     if sources:
@@ -132,7 +180,12 @@ def render_index(results_dir: Path, papers: list) -> str:
     for paper, tables in papers:
         for table, st in tables:
             smoke = st["budget"] == "smoke" or any(d.startswith("synthetic") for d in st["datasets"])
-            if not st["transcribed"]:
+            if st.get("claims"):
+                counts = {v: st["verdicts"].count(v) for v in dict.fromkeys(st["verdicts"])}
+                delta = ("claims: " + ", ".join(f"{n} {v}" for v, n in counts.items())
+                         if counts and not smoke else f"{st['claims']} claims, no verdict"
+                         + (" (smoke/synthetic)" if smoke and st["ran"] else ""))
+            elif not st["transcribed"]:
                 delta = "paper values not transcribed"
             elif smoke or st["budget"] is None:
                 delta = "—"

@@ -33,10 +33,11 @@ def _num_classes(cfg: dict) -> int:
 
 
 def _teacher_key(t: dict) -> tuple:
+    from .runner import image_channels
     if "pretrained" in t:
         p = t["pretrained"]
         return p["model"], p["num_classes"], p["path"], p["sha256"]
-    return t["model"], _num_classes(t)
+    return t["model"], _num_classes(t), image_channels(t)
 
 
 def _train_size(cfg: dict, found: dict) -> int | None:
@@ -109,9 +110,10 @@ def preflight(cfgs: Iterable[dict]) -> int:
             continue
         seen.add(key)
         with torch.random.fork_rng(devices=[]):
-            fresh = {k: create_model(k[0], num_classes=k[1]) for k in teacher_keys if k not in pretrained}
+            fresh = {k: create_model(k[0], num_classes=k[1], in_chans=k[2]) for k in teacher_keys
+                     if k not in pretrained}
             teachers = [copy.deepcopy(pretrained[k]) if k in pretrained else fresh[k] for k in teacher_keys]
-            student = create_model(cfg["model"], num_classes=n)
+            student = create_model(cfg["model"], num_classes=n, in_chans=input_size[0])
             if init:
                 init_student(student, init, n)  # sha256 first, then the weights' fit
             try:

@@ -31,12 +31,18 @@ class RunContext:
     log: callable = print
 
 
+def image_channels(cfg: dict) -> int:
+    """The channels of a run's images (1 for MNIST-like sets): its networks are built for them."""
+    from ..data import get_spec
+    return get_spec(cfg["dataset"]).input_size[0]
+
+
 def load_run_model(cfg: dict, store: RunStore, which: str | None = None) -> torch.nn.Module:
     """The trained headline model (or eval model `which`) of a finished run, in eval mode."""
     result = store.result(cfg["run_id"])
     saved = load_checkpoint(store.dir(cfg["run_id"]) / "model.pt")
     name = which or result["model_names"][0]
-    model = create_model(cfg["model"], num_classes=result["num_classes"])
+    model = create_model(cfg["model"], num_classes=result["num_classes"], in_chans=image_channels(cfg))
     model.load_state_dict(saved["models"][name])
     return model.eval()
 

@@ -125,7 +125,7 @@ BUDGETS = {
 
 # The synthetic stand-in for each real dataset (same class count and image shape) in smoke runs.
 SYNTHETIC_FOR = {"cifar100": "synthetic100", "cifar10": "synthetic10", "svhn": "synthetic10",
-                 "mnist": "synthetic_mnist", "synthetic100": "synthetic100", "synthetic10": "synthetic10",
+                 "mnist": "synthetic_mnist", "fashion_mnist": "synthetic_mnist", "synthetic100": "synthetic100", "synthetic10": "synthetic10",
                  "synthetic_mnist": "synthetic_mnist"}
 NEEDS_REAL_DATA = ("imagenet", "cub200", "market1501")
 

@@ -1,0 +1,282 @@
+"""Each paper's headline claim, tested on real images at a scale a 2-core CPU finishes in about 90 minutes.
+
+The five paper modules reproduce published tables, which needs CIFAR-100 and ImageNet and GPU-days. This
+module asks a smaller, answerable question on the real datasets these machines have: does each method do
+what its paper says it does, measured against the right baseline, with the noise between seeds accounted
+for? Every claim is a `Comparison` between two cells of a table, paired by seed (the same seed gives both
+arms the same initialisation draw and data order), and the report gives both arms' mean +- std, the paired
+difference with its 95% interval and a verdict (holds / reversed / inconclusive; `kd_methods.report.compare`).
+
+The regime (`PROTOCOL_NOTES`): Fashion-MNIST (MNIST for the claim about FitNets' MNIST networks), a fixed
+class-balanced subset of the training images (the first `TRAIN_IMAGES` in class order; distillation's
+effects are largest when labels are scarce, and it keeps the budget), the whole 10,000-image test set,
+`EPOCHS` epochs of SGD with a cosine schedule. Networks: the ResNet-26 teacher and ResNet-8 student of the
+FSP paper's CIFAR-10 experiments (equal channels at every section, which FSP needs; the other
+teacher-based methods use the same pair), ResNet-14 as the second architecture of a mixed DML cohort,
+and FitNets' own MNIST maxout teacher and 6-layer FitNet.
+
+The claims (one table each):
+
+- `kd` (Hinton et al.): a ResNet-8 distilled from the trained ResNet-26 beats the ResNet-8 trained alone.
+- `fitnets` (Romero et al., MNIST): the thin, deeper FitNet trained with hints then KD beats it with KD
+  alone, and alone.
+- `fsp` (Yim et al.): a ResNet-8 whose first stage matched the ResNet-26's FSP matrices reaches the
+  scratch ResNet-8's final error in fewer iterations of its second stage, and ends with a lower error.
+- `dml` (Zhang et al.): each network of a two-network cohort trained mutually beats the same network
+  trained alone, for two ResNet-8s and for a ResNet-8 with a ResNet-14.
+- `feed` (Park & Kwak): pFEED from three scratch ResNet-8s beats the ResNet-8 alone and FEED from one of
+  them; sFEED's Stack-2 beats Stack-1.
+- `tolerant` (Yang et al.): the generation-1 student of a tolerant (TSD) patriarch beats that of a strict
+  patriarch (plain cross-entropy); label smoothing and the confidence penalty, the paper's variants, too.
+- `baselines` (FEED's baselines): AT, FT and L1 from the ResNet-26, each against the ResNet-8 alone.
+"""
+from __future__ import annotations
+
+from kd_methods.runs.spec import ExperimentSpec, Optim, Phase
+
+from .core import Cell, Comparison, Paper, Plot, Table
+from .fitnets import MNIST_FITNET, MNIST_TEACHER, RMSPROP_MNIST
+from .plots import figure_title, save
+
+KEY = "claims"
+DATASET, MNIST = "fashion_mnist", "mnist"
+TRAIN_IMAGES = 10_000           # the fixed, class-balanced training subset
+EPOCHS = 12
+BATCH = 128
+SEEDS = 3                       # paired seeds 0..SEEDS-1 of every arm
+SGD = Optim("sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine")
+PROTOCOL = Phase(EPOCHS, "epoch", SGD)
+TEACHER, STUDENT, PEER = "cifar_resnet26", "cifar_resnet8", "cifar_resnet14"
+NAMES = {TEACHER: "ResNet-26", STUDENT: "ResNet-8", PEER: "ResNet-14"}
+GENERATION_SEED = 1000          # a generation trains with its parent's seed + 1000 (never its teacher's init)
+FEED_TEACHER_SEEDS = (100, 101, 102)   # pFEED's three scratch ResNet-8 teachers (none is a student's seed)
+# FSP's stage 1 (Sec. 4.1: lr 1e-3 for the FSP loss, then the usual lr for stage 2); FitNets' hint stage
+FSP_STAGE = Phase(4, "epoch", Optim("sgd", lr=1e-3, momentum=0.9, weight_decay=5e-4, schedule="cosine"))
+FT_PARAPHRASER = Phase(3, "epoch", Optim("sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="constant"))
+MNIST_PHASE = Phase(EPOCHS, "epoch", RMSPROP_MNIST)
+HINT_PHASE = Phase(EPOCHS // 2, "epoch", RMSPROP_MNIST)
+TSD_K = 3                       # Fashion-MNIST's plausible confusions come in small groups (see the notes)
+
+PROTOCOL_NOTES = [
+    f"Data: Fashion-MNIST (Xiao et al. 2017), the first {TRAIN_IMAGES:,} training images in class-balanced order "
+    f"({TRAIN_IMAGES // 10:,} per class; `train_subset`), no augmentation, pixels normalised by the train split's "
+    "mean/std; scored on all 10,000 test images. The FitNets claim uses MNIST the same way (it is about the "
+    "paper's MNIST networks).",
+    f"Training: {EPOCHS} epochs, batch {BATCH}, SGD lr 0.1, momentum 0.9, weight decay 5e-4, cosine schedule to 0; "
+    f"the MNIST maxout networks use FitNets Table 4's RMSProp (lr 5e-4, decay 0.9, constant). Every number is the "
+    "last epoch's test error (no selection on the test set).",
+    f"Seeds: {SEEDS} per arm (0..{SEEDS - 1}); the arms of a claim are paired by seed. Students of a generation "
+    f"(sFEED's Stack-2, the tolerant lineages' generation 1) train with their parent's seed + {GENERATION_SEED}, "
+    f"and pFEED's teachers with seeds {FEED_TEACHER_SEEDS}, so no network starts from its teacher's "
+    "initialisation. The teachers (ResNet-26, the maxout network) are one run each, shared by every student.",
+    "Networks: ResNet-26 -> ResNet-8 is the FSP paper's CIFAR-10 pair (equal channels 16/32/64 at every section, "
+    "as FSP needs); KD, AT, FT and L1 use the same pair. DML's mixed cohort pairs ResNet-8 with ResNet-14 "
+    "(a deeper net of the same family: MobileNet or a WRN, as in the DML paper, would cost more than this "
+    "budget allows). All CIFAR networks are built for 1-channel 28x28 images (adaptive pooling).",
+    "Method values are each method's defaults (see their provenance in the papers' reports) except: KD T = 4, "
+    "weight 1; FitNets' KD baseline T = 3 with the soft term weighted 2/9 and its HT + KD lambda 4 -> 0, as in "
+    f"FitNets Table 4; TSD K = {TSD_K} (Fashion-MNIST's confusable classes come in small groups: T-shirt/shirt/"
+    "pullover/coat, sandal/sneaker/ankle boot), with the tolerant methods' default eta.",
+    f"Stage lengths (assumed, scaled with the budget): FSP stage 1 {FSP_STAGE.length:g} epochs at lr 1e-3 (the "
+    f"paper's stage-1 lr) then {EPOCHS} epochs on the labels; FitNets' hint stage {HINT_PHASE.length:g} epochs, "
+    f"then {EPOCHS} epochs of KD; FT's paraphraser {FT_PARAPHRASER.length:g} epochs at lr 0.1 before the "
+    f"student's {EPOCHS}.",
+    "FSP's 'fewer iterations' counts the iterations of its second stage (the paper's Table 1 convention) until "
+    "its test error, evaluated after every epoch, first reaches the same seed's scratch ResNet-8's final error, "
+    "against the scratch run's iterations; stage 1's iterations are stated beside it, not added.",
+    "Verdicts: 'holds' when the 95% interval of the paired difference is above zero, 'reversed' when below, "
+    "'inconclusive' otherwise; with three seeds an interval is wide (t = 4.30), so 'inconclusive' often "
+    "means 'too small to resolve at this scale', not 'false'.",
+]
+
+
+# -- specs -----------------------------------------------------------------------------------------
+def spec(model: str, method: str = "scratch", teachers=(), seed: int = 0, stages=None, dataset: str = DATASET,
+         train: Phase = PROTOCOL, **method_args) -> ExperimentSpec:
+    """One training of this benchmark: every claim's spec is built here, so equal trainings share a run."""
+    return ExperimentSpec(model=model, method=method, method_args=method_args, teachers=list(teachers),
+                          dataset=dataset, augment="none", batch_size=BATCH, train=train,
+                          stages=dict(stages or {}), seed=seed, train_subset=TRAIN_IMAGES)
+
+
+def over_seeds(make) -> list[ExperimentSpec]:
+    """`make(seed)` for the paired seeds."""
+    return [make(s) for s in range(SEEDS)]
+
+
+def alone(model: str = STUDENT) -> list[ExperimentSpec]:
+    return over_seeds(lambda s: spec(model, seed=s))
+
+
+def teacher() -> ExperimentSpec:
+    return spec(TEACHER)
+
+
+def student(method: str, stages=None, **method_args) -> list[ExperimentSpec]:
+    """The ResNet-8 taught by the ResNet-26 with `method`, one per seed."""
+    return over_seeds(lambda s: spec(STUDENT, method, [teacher()], s, stages, **method_args))
+
+
+def arm(row: str, specs: list[ExperimentSpec], metric: str = "top1_err") -> Cell:
+    return Cell(row, "error (%)", specs, metric=metric)
+
+
+def table(key: str, title: str, cells: list[Cell], comparisons: list[Comparison], notes=()) -> Table:
+    return Table(key, title, cells, paper_metric="top1_error", notes=list(notes), comparisons=comparisons,
+                 paper_values=False)
+
+
+# -- claims ----------------------------------------------------------------------------------------
+ALONE = f"{NAMES[STUDENT]} alone"
+TEACHER_ROW = f"{NAMES[TEACHER]} teacher"
+
+
+def kd() -> Table:
+    better = f"{NAMES[STUDENT]}, KD from the {NAMES[TEACHER]}"
+    return table("kd", "KD (Hinton et al.): a small student distilled from a larger trained teacher",
+                 [arm(TEACHER_ROW, [teacher()]), arm(ALONE, alone()), arm(better, student("kd"))],
+                 [Comparison("KD beats training alone", better, ALONE)])
+
+
+def fitnets() -> Table:
+    def mnist(model, method="scratch", teachers=(), seed=0, stages=None, **args):
+        return spec(model, method, teachers, seed, stages, dataset=MNIST, train=MNIST_PHASE, **args)
+
+    maxout = mnist(MNIST_TEACHER)
+    rows = {"FitNet alone": lambda s: mnist(MNIST_FITNET, seed=s),
+            "FitNet, KD": lambda s: mnist(MNIST_FITNET, "kd", [maxout], s, temperature=3.0, weight=2.0 / 9.0),
+            "FitNet, hints then KD": lambda s: mnist(MNIST_FITNET, "fitnets", [maxout], s,
+                                                     {"hint": HINT_PHASE, "kd": MNIST_PHASE}, lambda_end=0.0)}
+    cells = [arm("Maxout teacher (MNIST)", [maxout])] + [arm(r, over_seeds(m)) for r, m in rows.items()]
+    return table("fitnets", "FitNets (Romero et al.), MNIST: a thin, deeper student with a hint stage then KD", cells,
+                 [Comparison("Hints + KD beat KD alone", "FitNet, hints then KD", "FitNet, KD"),
+                  Comparison("Hints + KD beat training alone", "FitNet, hints then KD", "FitNet alone")],
+                 ["The paper's MNIST networks (Table 4): Goodfellow et al.'s maxout teacher and the authors' "
+                  "6-layer FitNet, trained on MNIST."])
+
+
+def fsp() -> Table:
+    better = f"{NAMES[STUDENT]}, FSP stage 1 from the {NAMES[TEACHER]}"
+    return table("fsp", "FSP (Yim et al.): fast optimisation from the teacher's flow of solution procedure",
+                 [arm(TEACHER_ROW, [teacher()]), arm(ALONE, alone()),
+                  arm(better, student("fsp", {"fsp": FSP_STAGE, "train": PROTOCOL}))],
+                 [Comparison("FSP reaches the scratch student's final error in fewer iterations", better, ALONE,
+                             kind="iterations", stage="train"),
+                  Comparison("FSP ends with a lower error", better, ALONE)],
+                 [f"Iterations count FSP's second stage only; its stage 1 trains {FSP_STAGE.length:g} epochs before "
+                  f"it ({FSP_STAGE.length * (TRAIN_IMAGES // BATCH):g} iterations at this budget), and the scratch "
+                  f"run {EPOCHS * (TRAIN_IMAGES // BATCH)}."])
+
+
+def dml() -> Table:
+    def cohort(peer):
+        return over_seeds(lambda s: spec(STUDENT, "dml", seed=s, peers=[peer], update_order="sequential"))
+
+    same, mixed = cohort(STUDENT), cohort(PEER)
+    r8, r14 = NAMES[STUDENT], NAMES[PEER]
+    cells = [arm(ALONE, alone()), arm(f"{r14} alone", alone(PEER)),
+             arm(f"{r8} of a {r8} pair (net 1)", same), arm(f"{r8} of a {r8} pair (net 2)", same, "net2_top1_err"),
+             arm(f"{r8} of a {r8} + {r14} cohort", mixed), arm(f"{r14} of a {r8} + {r14} cohort", mixed,
+                                                                  "net2_top1_err")]
+    return table("dml", "DML (Zhang et al.): every network of a cohort trained mutually beats it trained alone", cells,
+                 [Comparison("Same architectures: net 1 beats training alone", cells[2].row, ALONE),
+                  Comparison("Same architectures: net 2 beats training alone", cells[3].row, ALONE),
+                  Comparison("Mixed architectures: the ResNet-8 beats training alone", cells[4].row, ALONE),
+                  Comparison("Mixed architectures: the ResNet-14 beats training alone", cells[5].row, cells[1].row)])
+
+
+def feed() -> Table:
+    teachers = [spec(STUDENT, seed=s) for s in FEED_TEACHER_SEEDS]
+    stack1 = over_seeds(lambda s: spec(STUDENT, "feed", teachers[:1], s))
+    stack2 = [spec(STUDENT, "feed", [parent], parent.seed + GENERATION_SEED) for parent in stack1]
+    pfeed = over_seeds(lambda s: spec(STUDENT, "feed", teachers, s))
+    rows = {"pFEED": "pFEED, three scratch ResNet-8 teachers", "one": "FEED, one teacher (sFEED Stack-1)",
+            "stack2": "sFEED Stack-2 (taught by Stack-1)"}
+    cells = [arm("ResNet-8 teachers (scratch)", teachers), arm(ALONE, alone()), arm(rows["one"], stack1),
+             arm(rows["pFEED"], pfeed), arm(rows["stack2"], stack2)]
+    return table("feed", "FEED (Park & Kwak): feature-level ensembles of same-architecture teachers", cells,
+                 [Comparison("pFEED beats training alone", rows["pFEED"], ALONE),
+                  Comparison("pFEED beats FEED from one teacher", rows["pFEED"], rows["one"]),
+                  Comparison("sFEED Stack-2 beats Stack-1", rows["stack2"], rows["one"],
+                             seed_offset=GENERATION_SEED)])
+
+
+TERMS = {"TSD": "tsd", "label smoothing": "ls", "confidence penalty": "cp"}
+
+
+def tolerant() -> Table:
+    def lineage(patriarchs):  # generation 1 of each patriarch
+        return [spec(STUDENT, "tolerant_student", [p], p.seed + GENERATION_SEED) for p in patriarchs]
+
+    strict = alone()
+    cells = [arm("Strict patriarch (cross-entropy; = ResNet-8 alone)", strict),
+             arm("Generation 1 of the strict patriarch", lineage(strict))]
+    comparisons = []
+    for name, term in TERMS.items():
+        anchor = {"tsd_anchor": "top"} if term == "tsd" else {}  # the paper's TSD, named (see benchmarks/tsd.py)
+        patriarchs = over_seeds(lambda s: spec(STUDENT, "tolerant", seed=s, term=term, k=TSD_K, **anchor))
+        cells += [arm(f"{name} patriarch", patriarchs), arm(f"Generation 1 of the {name} patriarch", lineage(patriarchs))]
+        comparisons.append(Comparison(f"A {name} patriarch teaches a better generation 1 than a strict one",
+                                      cells[-1].row, cells[1].row))
+    return table("tolerant", "Tolerant teacher (Yang et al.): a more tolerant patriarch educates a better student",
+                 cells, comparisons,
+                 ["All networks are ResNet-8s; generation 1 learns from its patriarch (tolerant_student: CE + KD at "
+                  "T = 1, no tolerance term of its own)."])
+
+
+def baselines() -> Table:
+    rows = {"AT": "at", "FT": "ft", "L1": "l1"}
+    cells = [arm(ALONE, alone())]
+    comparisons = []
+    for name, method in rows.items():
+        stages = {"paraphraser": FT_PARAPHRASER, "train": PROTOCOL} if method == "ft" else None
+        row = f"{NAMES[STUDENT]}, {name} from the {NAMES[TEACHER]}"
+        cells.append(arm(row, student(method, stages)))
+        comparisons.append(Comparison(f"{name} beats training alone", row, ALONE))
+    return table("baselines", "FEED's baselines: attention transfer, factor transfer and L1 on the final features",
+                 cells, comparisons)
+
+
+# -- the summary plot ---------------------------------------------------------------------------------
+def draw_verdicts(paper, rows, budget, runs_dir, path):
+    """Every claim's paired difference with its 95% interval (a forest plot): differences in test error
+    above, FSP's iterations saved below, each row labelled with its verdict."""
+    from matplotlib.figure import Figure
+
+    from kd_methods.report import table_comparisons, table_summaries
+
+    found = [(t.key, c) for t in paper.tables
+             for c in table_comparisons(t, table_summaries(t, rows, budget), runs_dir)]
+    panels = [(kind, [(k, c) for k, c in found if c["kind"] == kind], label) for kind, label in
+              (("final", "paired difference in test error, points (> 0 supports the claim)"),
+               ("iterations", "iterations saved (> 0 supports the claim)"))]
+    fig = Figure(figsize=(9, 0.36 * len(found) + 2.2), layout="constrained")
+    axes = fig.subplots(2, 1, height_ratios=[max(1, len(p[1])) for p in panels])
+    colors = {"holds": "tab:green", "reversed": "tab:red"}
+    for ax, (kind, mine, label) in zip(axes, panels):
+        for y, (_, c) in enumerate(mine):
+            if c["diff"] is None:
+                ax.annotate("not run", (0, y), ha="center", va="center", fontsize=7, color="0.5")
+                continue
+            err = None if c["low"] is None else [[c["diff"] - c["low"]], [c["high"] - c["diff"]]]
+            ax.errorbar(c["diff"], y, xerr=err, fmt="o", color=colors.get(c["verdict"], "tab:gray"), capsize=3)
+        ax.axvline(0, color="0.3", lw=0.8)
+        ax.set_yticks(range(len(mine)), [f"{k}: {c['claim']}" for k, c in mine], fontsize=7)
+        ax.set_ylim(len(mine) - 0.5, -0.5)
+        ax.set_xlabel(label, fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    title = "Headline claims on real data, paired by seed: 95% intervals (green holds, red reversed, grey inconclusive)"
+    fig.suptitle(figure_title(title, budget, rows), fontsize=9)
+    save(fig, path)
+
+
+def paper() -> Paper:
+    return Paper(
+        key=KEY,
+        title="Headline claims of the five papers on real images (Fashion-MNIST / MNIST, 2-core CPU scale)",
+        citation="FEED (Park & Kwak 2019), DML (Zhang et al. 2018), FitNets (Romero et al. 2015), FSP (Yim et al. "
+                 "2017), tolerant teacher (Yang et al. 2018), and the baselines KD, AT, FT and L1",
+        tables=[kd(), fitnets(), fsp(), dml(), feed(), tolerant(), baselines()],
+        plots=[Plot("verdicts", "Every claim's paired difference with its 95% interval", draw_verdicts)],
+        protocol_notes=PROTOCOL_NOTES,
+    )
