@@ -129,3 +129,19 @@ def test_real_files_import_and_read_as_published(tmp_path, name, folder):
     spec = build_data(DataConfig(name, root=str(tmp_path), batch_size=500, test_subset=500))
     pixels = x_train.astype(np.float64) / 255   # the recorded normalisation is the train split's
     assert (round(pixels.mean(), 4),) == spec.mean and (round(pixels.std(), 4),) == spec.std
+
+
+@real
+def test_a_short_real_fashion_mnist_training_learns(tmp_path, capsys):
+    """ResNet-8 on 2,000 real Fashion-MNIST images for 2 epochs: far below chance (90% error) on 2,000
+    test images, through the CLI as a user runs it."""
+    root = tmp_path / "data"
+    assert main(["download", "fashion_mnist", "--from", str(Path(REAL, "fashion-mnist")), "--data-root", str(root)]) == 0
+    config = tmp_path / "short.yaml"
+    config.write_text("model: cifar_resnet8\ndataset: fashion_mnist\naugment: none\nbatch_size: 64\n"
+                      "train_subset: 2000\ntest_subset: 2000\n"
+                      "train: {length: 2, optim: {lr: 0.05, schedule: cosine}}\n")
+    assert main(["run", str(config), "--data", "real", "--data-root", str(root), "--runs-dir", str(tmp_path / "runs"),
+                 "--results-dir", str(tmp_path / "results")]) == 0
+    error = float(capsys.readouterr().out.split("top-1 error ")[1].split("%")[0])
+    assert error < 35.0

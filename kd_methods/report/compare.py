@@ -79,7 +79,7 @@ def _by_seed(summary: dict, metric_value: Callable) -> dict[int, tuple[dict, flo
 def iterations_to_reach(curve: list[dict], stage: str, metric: str, target: float) -> tuple[float, bool]:
     """(iterations, reached): the first evaluated iteration of `stage` whose `metric` is at most
     `target`, else the stage's last iteration and False."""
-    rows = [r for r in curve if r.get("stage") == stage and isinstance(r.get(metric), float)]
+    rows = [r for r in curve if r.get("stage") == stage and isinstance(r.get(metric), (int, float))]
     for r in rows:
         if r[metric] <= target:
             return r["stage_iteration"], True
