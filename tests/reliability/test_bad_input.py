@@ -22,8 +22,6 @@ BAD = [
     ("label_sets", "model: cifar_resnet8\nmethod: kd\ndataset: synthetic100\n"
                    "teachers: [{model: cifar_resnet8, dataset: synthetic10}]\n",
      "student and teacher shapes differ: (2, 100) vs (2, 10)"),
-    # a model for 3-channel images on a 1-channel dataset
-    ("channels", "model: cifar_resnet8\ndataset: synthetic_mnist\n", "to have 3 channels, but got 1 channels"),
     ("negative_subset", "model: cifar_resnet8\ndataset: synthetic10\ntrain_subset: -5\n",
      "train_subset must be >= 1 (or omitted), got -5"),
     ("subset_below_batch", "model: cifar_resnet8\ndataset: synthetic10\ntrain_subset: 64\nbatch_size: 128\n",
