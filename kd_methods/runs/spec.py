@@ -406,8 +406,8 @@ def _validate_phase(phase: Phase, where: str, skippable: bool = False) -> None:
     if skippable and phase.length == 0:
         return
     if not phase.length > 0:
-        zero = " (0 skips a stage: only in stages)" if not skippable else " (or 0 to skip the stage)"
-        raise ConfigError(f"{where}.length must be > 0{zero}, got {phase.length}")
+        zero = "; 0 skips a stage, under stages only" if not skippable else ", or 0 to skip the stage"
+        raise ConfigError(f"{where}.length must be > 0, got {phase.length}{zero}")
     if phase.unit not in UNITS:
         raise ConfigError(f"{where}.unit must be epoch or iter, got '{phase.unit}'")
     o = phase.optim
