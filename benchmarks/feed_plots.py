@@ -2,8 +2,8 @@
 
 - `draw_probe_curves(table)`: Figures 4-5, the FT paraphraser's reconstruction loss per epoch
   (`loss_rec` in the "paraphraser" stage rows of each probe run's curve), one line per probed model.
-- `draw_stacks(table)`: Table 4, top-1 error against the stack index, one line per method; Stack-0 is
-  the teacher of the Stack-1 run (its runs.csv row names it; its curve gives its error).
+- `draw_stacks(table)`: Table 4, top-1 error against the stack index, one panel per model and one line
+  per method; Stack-0 is the teacher of the Stack-1 run (its runs.csv row names it; its curve gives its error).
 - `draw_training_curves(table)`: test top-1 error per epoch of each cell's first run, one panel per row.
 
 Each factory returns a `draw(paper, rows, budget, curves, path)` for `benchmarks.core.Plot`. Figures
@@ -50,39 +50,45 @@ def draw_probe_curves(table_key: str, loss: str = "loss_rec", stage: str = "para
 
 
 def draw_stacks(table_key: str):
-    """Table 4: top-1 error (mean over a cell's runs) against the stack index, one line per row."""
+    """Table 4: top-1 error (mean over a cell's runs) against the stack index; one panel per model (the
+    part of a row label before ", "), one line per method. Stack-0 is the teacher of the Stack-1 run."""
 
     def draw(paper, rows, budget, curves, path):
         table = paper_table(paper, table_key)
-        fig = Figure(figsize=(6.4, 4.2), layout="constrained")
-        ax = fig.add_subplot()
+        models = list(dict.fromkeys(row.split(", ")[0] for row in table.rows))
+        fig = Figure(figsize=(4.6 * min(len(models), 2), 3.8 * ((len(models) + 1) // 2)), layout="constrained")
         used = []
-        for row in table.rows:
-            xs, ys = [], []
-            for cell in (c for c in table.cells if c.row == row):
-                runs = cell_runs(rows, table.key, cell, budget)
-                if not runs:
-                    continue
-                stack = int(cell.col.split("-")[-1])
-                if stack == 1:
-                    base = teacher_error(rows, curves, runs[0]["run_id"])
-                    if base is not None:
-                        xs.append(0)
-                        ys.append(base)
-                xs.append(stack)
-                ys.append(sum(float(r["top1_err"]) for r in runs) / len(runs))
-                used += runs
-            if xs:
-                ax.plot(xs, ys, marker="o", label=row)
-        if used:
-            ax.set_xlabel("stack (0 = scratch teacher)")
-            ax.set_ylabel("top-1 error (%)")
-            ax.set_xticks(range(0, len(table.cols) + 1))
-            ax.legend(fontsize=8)
-            ax.grid(alpha=0.3)
-        else:
-            empty_panel(ax, paper.key)
-        ax.set_title(figure_title(f"{table.key}: top-1 error per stack", budget, used), fontsize=9)
+        for i, model in enumerate(models):
+            ax = fig.add_subplot((len(models) + 1) // 2, min(len(models), 2), i + 1)
+            drawn = False
+            for row in (r for r in table.rows if r.split(", ")[0] == model):
+                xs, ys = [], []
+                for cell in (c for c in table.cells if c.row == row and c.col.startswith("Stack-")):
+                    runs = cell_runs(rows, table.key, cell, budget)
+                    if not runs:
+                        continue
+                    stack = int(cell.col.split("-")[-1])
+                    if stack == 1:
+                        base = teacher_error(rows, curves, runs[0]["run_id"])
+                        if base is not None:
+                            xs.append(0)
+                            ys.append(base)
+                    xs.append(stack)
+                    ys.append(sum(float(r["top1_err"]) for r in runs) / len(runs))
+                    used += runs
+                if xs:
+                    ax.plot(xs, ys, marker="o", label=row.split(", ")[-1])
+                    drawn = True
+            if drawn:
+                ax.set_xlabel("stack (0 = scratch teacher)")
+                ax.set_ylabel("top-1 error (%)")
+                ax.set_xticks(range(0, sum(c.startswith("Stack-") for c in table.cols) + 1))
+                ax.legend(fontsize=8)
+                ax.grid(alpha=0.3)
+            else:
+                empty_panel(ax, paper.key)
+            ax.set_title(model, fontsize=9)
+        fig.suptitle(figure_title(f"{table.key}: top-1 error per stack", budget, used), fontsize=9)
         save(fig, path)
 
     return draw

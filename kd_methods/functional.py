@@ -92,21 +92,35 @@ def dml_loss(logits: Tensor, peer_logits: Sequence[Tensor] | Tensor) -> Tensor:
 
 # -- tolerant-teacher penalties (Yang et al. 2018, "Training DNNs in Generations") --------------
 
-def tsd_penalty(logits: Tensor, targets: Tensor, k: int) -> Tensor:
-    """Top score difference (Yang et al. 2018, Sec. 3.2): batch mean of f_y - mean of the k-1 highest
-    scores among the other classes, f = softmax(logits). k counts the primary class, so k >= 2.
-    Adding eta * this term to the loss makes the teacher leave probability on the k-1 runners-up.
-    logits: (N, K) ; targets: (N,) int64.
+TSD_ANCHORS = ("top", "label")  # the gap starts at the highest score (the paper) or at the label's
+
+
+def tsd_penalty(logits: Tensor, targets: Tensor | None, k: int, anchor: str = "top") -> Tensor:
+    """Top score difference (Yang et al. 2018, Sec. 3.2), batch mean of f_{a_1} - mean(f_{a_2}, ..., f_{a_k}),
+    f = softmax(logits) and f_{a_j} its j-th largest element (the paper's notation): the gap between the
+    highest score and the mean of the next k-1. k counts the highest class, so k >= 2. Adding
+    eta * this term to the loss makes the network leave probability on its k-1 runners-up.
+
+    anchor="label" is a variant the paper does not define: the ground-truth score f_y against the k-1
+    highest scores of the other classes (`targets` serves only this variant). The two agree on every
+    image whose highest score is its label's and differ on the others.
+    logits: (N, K) ; targets: (N,) int64 or None.
     """
     num_classes = logits.shape[1]
     if not 2 <= k <= num_classes:
         raise ValueError(f"tsd_penalty: k must be in 2..{num_classes} (number of classes), got {k}")
+    if anchor not in TSD_ANCHORS:
+        raise ValueError(f"tsd_penalty: anchor must be one of {', '.join(TSD_ANCHORS)}, got {anchor!r}")
     with torch.autocast(logits.device.type, enabled=False):
         f = F.softmax(_f32(logits), dim=1)
+        if anchor == "top":
+            top = f.topk(k, dim=1).values
+            return (top[:, 0] - top[:, 1:].mean(1)).mean()
+        if targets is None:
+            raise ValueError("tsd_penalty: anchor='label' needs the targets")
         f_y = f.gather(1, targets.view(-1, 1)).squeeze(1)
         others = f.scatter(1, targets.view(-1, 1), float("-inf"))
-        top_others = others.topk(k - 1, dim=1).values
-        return (f_y - top_others.mean(1)).mean()
+        return (f_y - others.topk(k - 1, dim=1).values.mean(1)).mean()
 
 
 def label_smoothing_penalty(logits: Tensor) -> Tensor:

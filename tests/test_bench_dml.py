@@ -63,12 +63,13 @@ def test_every_cell_resolves_under_every_budget(paper, plans):
 
 
 def test_smoke_graph_has_the_expected_distinct_runs(plans):
-    # CIFAR-100: 3 independent + 6 Table 2 cohorts + 2 distilled + 3 cohorts (K=3..5) + 3 DML_e = 17;
-    # Market-1501: 2 independent + 2 Table 4 cohorts + 2 distilled + 3 cohorts (K=3..5) = 9.
+    # CIFAR-100: 3 independent + 6 Table 2 cohorts + 2 distilled + 3 cohorts (K=3..5) + 3 DML_e + the
+    # ResNet-32 pair updated simultaneously = 18; Market-1501: 2 independent + 2 Table 4 cohorts + 2
+    # distilled + 3 cohorts (K=3..5) = 9.
     for budget in BUDGETS:
-        assert len(all_run_ids(plans[budget])) == 26
+        assert len(all_run_ids(plans[budget])) == 27
     runnable = [p for p in plans["smoke"] if not p[3]]
-    assert len(all_run_ids(runnable)) == 17
+    assert len(all_run_ids(runnable)) == 18
 
 
 def test_market_cells_are_not_run_without_the_dataset(plans):
@@ -116,7 +117,7 @@ def test_cells_read_the_network_they_name(paper):
         peers = resolve(c.specs[0])["method_args"].get("peers", [])
         assert len(peers) == k - 1
     dmle = resolve(cell(paper, "dml_vs_dmle", "K=5", "DML_e").specs[0])
-    assert dmle["method_args"] == {"peers": ["cifar_resnet32"] * 4, "variant": "dml_e"}
+    assert dmle["method_args"] == {"peers": ["cifar_resnet32"] * 4, "variant": "dml_e", "update_order": "sequential"}
     assert cell(paper, "table4_market1501", "Net1=InceptionV1, Net2=MobileNet", "DML net2").metric == "net2_mAP"
 
 
@@ -149,6 +150,47 @@ def test_references_match_declared_cells(paper):
     with open(Path(dml.__file__).parent / "references" / "dml.csv", newline="") as f:
         keys = [(r["table"], r["row"], r["col"]) for r in csv.DictReader(f)]
     assert len(keys) == len(set(keys))
+
+
+def test_every_dml_run_names_its_update_order_and_the_order_table_runs_both(paper, plans):
+    """Algorithm 1's sequential order is every DML run's (named, so runs of another order are never
+    reused); the update_order table sets Table 2's ResNet-32 pair beside its simultaneous form."""
+    dml_cfgs = [c for _, _, cfgs, _ in plans["paper"] for c in cfgs if c["method"] == "dml"]
+    assert dml_cfgs and all("update_order" in c["method_args"] for c in dml_cfgs)
+    r32 = "Net1=ResNet-32, Net2=ResNet-32"
+    for k in (1, 2):
+        seq = run_ids(paper, "update_order", "sequential (Algorithm 1)", f"DML net{k}")
+        sim = run_ids(paper, "update_order", "simultaneous (one forward pass)", f"DML net{k}")
+        assert seq == run_ids(paper, "table2", r32, f"DML net{k}") and seq != sim
+        assert cell(paper, "update_order", "sequential (Algorithm 1)", f"DML net{k}").metric == dml.net_metric(k)
+    seq_cfg, sim_cfg = (resolve(cell(paper, "update_order", row, "DML net1").specs[0])
+                        for row in ("sequential (Algorithm 1)", "simultaneous (one forward pass)"))
+    assert seq_cfg["method_args"]["update_order"] == "sequential"
+    assert {k: v for k, v in sim_cfg.items() if k not in ("method_args", "run_id")} == \
+        {k: v for k, v in seq_cfg.items() if k not in ("method_args", "run_id")}
+    assert sim_cfg["method_args"] == dict(seq_cfg["method_args"], update_order="simultaneous")
+    refs = load_references("dml")
+    assert refs[("update_order", "sequential (Algorithm 1)", "DML net1")]["value"] == 71.19
+
+
+def test_market_networks_start_from_imagenet_weights_only_when_all_are_present(tmp_path, monkeypatch):
+    from kd_methods.runs.spec import Pretrained
+
+    monkeypatch.chdir(tmp_path)   # the weights paths are relative: data/pretrained/...
+    assert dml.market("InceptionV1").init is None  # nothing on disk: from scratch, and the notes say so
+    assert "Trained from scratch" in dml.market_init_note() and "MobileNet (none recorded)" in dml.market_init_note()
+    mobilenet = Pretrained("mobilenetv1_100", "data/pretrained/mobilenet.pth", "ab" * 4)
+    monkeypatch.setitem(dml.IMAGENET_WEIGHTS, "MobileNet", mobilenet)
+    (tmp_path / "data" / "pretrained").mkdir(parents=True)
+    (tmp_path / mobilenet.path).touch()
+    assert dml.market("MobileNet").init is None   # InceptionV1's file is still missing: all from scratch
+    (tmp_path / dml.IMAGENET_WEIGHTS["InceptionV1"].path).touch()
+    assert dml.market("MobileNet").init == mobilenet
+    cohort = dml.mutual("MobileNet", ["MobileNet"], "market1501")
+    assert cohort.init == mobilenet and "ImageNet weights" in dml.market_init_note()
+    inception = dml.independent("InceptionV1", "market1501").init
+    assert inception.sha256 == "0cc3c7bd" and inception.ignore == ["AuxLogits."]
+    assert dml.independent("ResNet-32").init is None  # CIFAR-100 runs train from scratch, as the paper's
 
 
 def test_paper_notes_state_the_assumptions(paper):

@@ -57,8 +57,9 @@ def test_declared_tables_and_shapes(paper):
     models = list(feed.CIFAR_MODELS)
     assert table(paper, "table1").rows == models and table(paper, "table1").cols == ["Scratch", "AT", "L1", "FEED"]
     assert table(paper, "table2").cols == ["Scratch", "KD", "5xL1", "5xAT", "5xFT", "Ens", "pFEED"]
-    assert table(paper, "table4").rows == ["sFEED", "FT", "KD", "BAN"]
-    assert table(paper, "table4").cols == [f"Stack-{m}" for m in range(1, 6)]
+    assert table(paper, "table4").rows == [f"{m}, {r}" for m in models for r in ("sFEED", "FT", "KD", "BAN")]
+    assert table(paper, "table4").cols == ["Scratch"] + [f"Stack-{m}" for m in range(1, 6)]
+    assert table(paper, "table5").cols == [f"Stack-{m}" for m in range(1, 6)]
     for key in ("table3", "table5"):
         assert table(paper, key).rows == ["top-1 error", "top-5 error"]
         assert {c.metric for c in table(paper, key).cells} == {"top1_err", "top5_err"}
@@ -102,23 +103,51 @@ def test_scratch_teachers_are_shared_between_tables(paper):
                 assert [t["run_id"] for t in resolve(spec)["teachers"]] == scratch_ids[:1]
 
 
-def test_table4_stacks_chain_generations_from_the_seed0_scratch_model(paper):
-    stack0 = rid(feed.scratch(feed.CIFAR_MODELS["ResNet-56"], 0))
-    for row in ("sFEED", "FT", "KD", "BAN"):
-        previous = stack0
-        for m in range(1, 6):
-            cfg = resolve(cell(paper, "table4", row, f"Stack-{m}").specs[0])
-            assert cfg["method"] == feed.TABLE4_METHODS[row] and cfg["model"] == "cifar_resnet56"
-            assert [t["run_id"] for t in cfg["teachers"]] == [previous]
-            previous = cfg["run_id"]
-    # sFEED's first stack is exactly Table 1's first FEED student: one run serves both.
-    assert rid(cell(paper, "table4", "sFEED", "Stack-1").specs[0]) == \
-        rid(cell(paper, "table1", "ResNet-56", "FEED").specs[0])
+def test_table4_stacks_chain_generations_from_the_seed0_scratch_model_of_every_model(paper):
+    for name, model in feed.CIFAR_MODELS.items():
+        stack0 = rid(feed.scratch(model, 0))
+        scratch_ids = [rid(s) for s in cell(paper, "table2", name, "Scratch").specs]
+        for row in ("sFEED", "FT", "KD", "BAN"):
+            label = f"{name}, {row}"
+            assert [rid(s) for s in cell(paper, "table4", label, "Scratch").specs] == scratch_ids
+            previous = stack0
+            for m in range(1, 6):
+                cfg = resolve(cell(paper, "table4", label, f"Stack-{m}").specs[0])
+                assert cfg["method"] == feed.TABLE4_METHODS[row] and cfg["model"] == model
+                assert [t["run_id"] for t in cfg["teachers"]] == [previous]
+                previous = cfg["run_id"]
+        # sFEED's first stack is exactly Table 1's first FEED student: one run serves both.
+        assert rid(cell(paper, "table4", f"{name}, sFEED", "Stack-1").specs[0]) == \
+            rid(cell(paper, "table1", name, "FEED").specs[0])
+
+
+def test_plan_shows_table4_on_four_models_table5_with_five_stacks_and_table3_with_five_scratch_models(paper):
+    """The issue's 'Done when', read from benchmarks.core.plan: Table 4 is 4 models x 4 methods x 5 stacks
+    (+ a Scratch cell per row); Table 5 has five stacks; Table 3 reports five scratch models and its pFEED
+    learns from the first three."""
+    planned = plan(paper, "paper", "auto", "data", tables=["table3", "table4", "table5"])
+    cells = {(t.key, c.row, c.col): cfgs for t, c, cfgs, _ in planned}
+    stacks = {(row, col) for key, row, col in cells if key == "table4" and col.startswith("Stack-")}
+    assert len(stacks) == 4 * 4 * 5
+    assert {row.split(", ")[0] for row, _ in stacks} == set(feed.CIFAR_MODELS)
+    assert {row.split(", ")[1] for row, _ in stacks} == set(feed.TABLE4_METHODS)
+    assert {int(col[-1]) for _, col in stacks} == {1, 2, 3, 4, 5}
+    table4 = {c["run_id"] for (key, *_), cfgs in cells.items() if key == "table4" for c in cfgs}
+    assert len(table4) == 4 * 4 * 5 + 4 * 5   # every stack its own run; the 5 scratch models per model shared
+    assert sorted(col for key, row, col in cells if key == "table5" and row == "top-1 error") == \
+        [f"Stack-{m}" for m in range(1, 6)]
+    chain = [cells[("table5", "top-1 error", f"Stack-{m}")][0] for m in range(1, 6)]
+    assert chain[0]["teachers"][0]["pretrained"]["sha256"] == "b627a593"
+    assert all([t["run_id"] for t in b["teachers"]] == [a["run_id"]] for a, b in zip(chain, chain[1:]))
+    scratch = cells[("table3", "top-1 error", "Scratch")]
+    (pfeed,) = cells[("table3", "top-1 error", "pFEED")]
+    assert [c["seed"] for c in scratch] == [0, 1, 2, 3, 4] and {c["method"] for c in scratch} == {"scratch"}
+    assert [t["run_id"] for t in pfeed["teachers"]] == [c["run_id"] for c in scratch[:3]]
 
 
 def test_probes_train_a_paraphraser_on_the_probed_models(paper):
     fig4 = table(paper, "fig4")
-    sfeed = [rid(cell(paper, "table4", "sFEED", f"Stack-{m}").specs[0]) for m in range(1, 6)]
+    sfeed = [rid(cell(paper, "table4", "ResNet-56, sFEED", f"Stack-{m}").specs[0]) for m in range(1, 6)]
     probed = [resolve(c.specs[0])["teachers"][0]["run_id"] for c in fig4.cells]
     assert probed[1:] == sfeed and len(probed) == 6
     targets = {c.col: resolve(c.specs[0])["teachers"][0]["run_id"] for c in table(paper, "fig5").cells}
@@ -131,24 +160,23 @@ def test_probes_train_a_paraphraser_on_the_probed_models(paper):
     assert all(c.metric == feed.PROBE_METRIC for c in fig4.cells)
 
 
-def test_imagenet_tables_use_the_torchvision_weights(paper):
+def test_imagenet_tables_use_the_torchvision_weights_as_table5s_base_model_only(paper):
     cfg = resolve(cell(paper, "table3", "top-1 error", "pFEED").specs[0])
     assert cfg["model"] == "resnet34" and cfg["dataset"] == "imagenet" and len(cfg["teachers"]) == 3
-    pretrained = cfg["teachers"][0]["pretrained"]
-    assert pretrained["sha256"] == "b627a593" and pretrained["path"].endswith("resnet34-b627a593.pth")
-    base = [rid(s) for s in cell(paper, "table3", "top-1 error", "Scratch").specs]
-    assert [t["run_id"] for t in cfg["teachers"][1:]] == base
+    assert all("run_id" in t for t in cfg["teachers"])  # the suite's scratch models, no pretrained one
     stack1 = resolve(cell(paper, "table5", "top-5 error", "Stack-1").specs[0])
     stack2 = resolve(cell(paper, "table5", "top-5 error", "Stack-2").specs[0])
-    assert stack1["teachers"][0]["pretrained"]["sha256"] == "b627a593"
+    pretrained = stack1["teachers"][0]["pretrained"]
+    assert pretrained["sha256"] == "b627a593" and pretrained["path"].endswith("resnet34-b627a593.pth")
     assert [t["run_id"] for t in stack2["teachers"]] == [stack1["run_id"]]
 
 
 @pytest.mark.parametrize("budget, expected", [
-    # per CIFAR model: 5 scratch + 3 (Table 1) + 6 (Table 2) students, x its seeds; Table 4: 4 x 5 stacks, one
-    # shared with Table 1; probes: 6 + 3, one shared; ImageNet: 2 teachers + pFEED + 2 stacks.
-    ("smoke", 4 * (5 + 3 + 6) + (20 - 1) + (9 - 1) + 5),
-    ("paper", 4 * (5 + 3 * 5 + 4 * 5 + 1 + 5) + (20 - 1) + (9 - 1) + 5),
+    # per CIFAR model: 5 scratch + 3 (Table 1) + 6 (Table 2) students, x its seeds; Table 4: 4 models x 4 x 5
+    # stacks, each model's sFEED Stack-1 shared with Table 1; probes: 6 + 3, one shared; ImageNet: the
+    # scratch models (smoke: 3, the teachers; paper: 5) + pFEED + 5 stacks.
+    ("smoke", 4 * (5 + 3 + 6) + (80 - 4) + (9 - 1) + (3 + 1 + 5)),
+    ("paper", 4 * (5 + 3 * 5 + 4 * 5 + 1 + 5) + (80 - 4) + (9 - 1) + (5 + 1 + 5)),
 ])
 def test_number_of_distinct_runs(paper, budget, expected, tmp_path):
     planned = plan(paper, budget, "auto", str(tmp_path))
@@ -159,10 +187,15 @@ def test_references_cover_exactly_the_numeric_cells(paper):
     refs = load_references("feed")
     declared = {(t.key, c.row, c.col): c for t in paper.tables if t.key in NUMERIC_TABLES for c in t.cells}
     assert set(refs) == set(declared)
+    published = {"WRN-28-10": 19.25, "ResNeXt-29 16x64d": 17.31, "ResNet-56": None, "ResNet-110": None}
     for key, ref in refs.items():
-        assert ref["value"] is None and "not transcribed" in ref["note"]
         assert ref["metric"] == declared[key].metric.replace("_err", "_error")
-        assert f"Table {key[0][-1]}" in ref["source"]
+        if key[0] == "table4" and key[2] == "Scratch":  # the model's own paper, where it could be read
+            assert ref["value"] == published[key[1].split(", ")[0]] and "Table 4" not in ref["source"]
+            assert "not transcribed" in ref["note"] if ref["value"] is None else "own paper" in ref["note"]
+        else:
+            assert ref["value"] is None and "not transcribed" in ref["note"]
+            assert f"Table {key[0][-1]}" in ref["source"]
 
 
 def fake_run(curves, results, run_id, table_key, c, metrics, teacher=None, top1=50.0, budget="smoke"):
@@ -183,7 +216,7 @@ def test_plot_helpers_read_probe_rows_and_the_stack0_teacher(paper, tmp_path):
         {"epoch": 3.0, "stage": "train", "stage_epoch": 1.0, "loss_rec": "", "top1_err": 98.0}])
     fake_run(curves, rows, "t0", "other", cell(paper, "table2", "ResNet-56", "Scratch"),
              [{"epoch": 1.0, "stage": "train", "stage_epoch": 1.0, "top1_err": 40.0}], top1=40.0)
-    fake_run(curves, rows, "s1", "table4", cell(paper, "table4", "KD", "Stack-1"),
+    fake_run(curves, rows, "s1", "table4", cell(paper, "table4", "ResNet-56, KD", "Stack-1"),
              [{"epoch": 1.0, "stage": "train", "stage_epoch": 1.0, "top1_err": 35.0}], teacher="t0", top1=35.0)
     assert [r["run_id"] for r in feed_plots.cell_runs(rows, "fig4", probe, "smoke")] == ["p1"]
     assert feed_plots.cell_runs(rows, "fig4", probe, "paper") == []

@@ -40,11 +40,11 @@ def test_every_cell_resolves(paper, budget):
 
 
 def test_distinct_runs_of_the_graph(paper):
-    # Table 1: 7 rows x 3 nets + 7 ensembles; Table 2: 4 x 3 + 4; Table 3: 3 (its teacher is Table 1's
-    # net1); Table 4: 4; Table 5: 5.
+    # Table 1: 7 rows x 3 nets + 7 ensembles + the Student∗ row's shared stage 1; Table 2: 4 x 3 + 4 + 1;
+    # Table 3: 4 (its own teacher); Table 4: 3 (its teacher is Table 2's Teacher net1); Table 5: 5.
     for budget in ("smoke", "paper"):
         cfgs = [c for _, _, cs, _ in plan(paper, budget, "auto", "data") for c in cs]
-        assert len({c["run_id"] for c in walk(cfgs)}) == 28 + 16 + 3 + 4 + 5
+        assert len({c["run_id"] for c in walk(cfgs)}) == 29 + 17 + 4 + 3 + 5
 
 
 def test_smoke_uses_synthetic_stand_ins_and_two_iterations(paper):
@@ -53,7 +53,8 @@ def test_smoke_uses_synthetic_stand_ins_and_two_iterations(paper):
             continue
         for cfg in walk(cfgs):
             assert cfg["dataset"] in ("synthetic10", "synthetic100")
-            assert all(p["length"] == 2 for p in [cfg["train"], *cfg["stages"].values()])
+            lengths = [p["length"] for p in [cfg["train"], *cfg["stages"].values()]]
+            assert set(lengths) <= {0, 2} and lengths[0] == 2  # 0: a stage the run skips
 
 
 def test_references_match_declared_cells(paper):
@@ -74,9 +75,46 @@ def test_one_teacher_serves_every_distilled_row(paper):
     for row in ("1 loss FitNet∗", "3 loss FitNet∗", "Student∗", "Student∗†"):
         for s in cell(paper, "table1", row, "avg").specs:
             assert [rid(t) for t in s.teachers] == [teacher]
-    assert rid(cell(paper, "table3", "Teacher-original (ResNet-26)", "single net").specs[0]) == teacher
+
+
+def test_minimisation_teachers_are_read_from_their_published_accuracies(paper):
+    """Table 4's teacher (64.06) is Table 2's Teacher net1, the 4x-wide ResNet-32, so its student is the
+    4x-wide ResNet-14; Table 3's (91.91) is none of Table 1's ResNet-26 nets: a fourth one, its own run."""
+    refs = load_references("fsp")
+    t4 = cell(paper, "table4", "Teacher-original (ResNet-32)", "single net").specs[0]
+    assert rid(t4) == rid(cell(paper, "table2", "Teacher", "net1").specs[0])
+    assert refs[("table4", "Teacher-original (ResNet-32)", "single net")]["value"] == \
+        refs[("table2", "Teacher", "net1")]["value"] == 64.06
+    for row in ("Student-original (ResNet-14)", "FitNet", "Proposed method (FSP)"):
+        s = cell(paper, "table4", row, "single net").specs[0]
+        assert s.model == "cifar_resnet14x4" and (s.method == "scratch" or rid(s.teachers[0]) == rid(t4))
+    t3 = cell(paper, "table3", "Teacher-original (ResNet-26)", "single net").specs[0]
+    published = refs[("table3", "Teacher-original (ResNet-26)", "single net")]["value"]
+    table1 = [refs[("table1", row, f"net{k}")]["value"] for row in ("Teacher", "Teacher‡") for k in (1, 2, 3)]
+    assert published not in table1 and min(table1) < published < max(table1)
+    assert t3.model == "cifar_resnet26" and t3.train == cell(paper, "table1", "Teacher", "net1").specs[0].train
+    table1_ids = {rid(c.specs[0]) for c in tables(paper)["table1"].cells if c.col.startswith("net")}
+    assert rid(t3) not in table1_ids
     for row in ("FitNet", "Proposed method (FSP)"):
-        assert rid(cell(paper, "table3", row, "single net").specs[0].teachers[0]) == teacher
+        s = cell(paper, "table3", row, "single net").specs[0]
+        assert s.model == "cifar_resnet8" and rid(s.teachers[0]) == rid(t3)
+
+
+def test_student_star_networks_branch_from_one_stage1_run_and_dagger_ones_do_not(paper):
+    for key, iterations in (("table1", 21_000), ("table2", 32_000)):
+        nets = [cell(paper, key, "Student∗", f"net{k}").specs[0] for k in (1, 2, 3)]
+        assert len({rid(s.init) for s in nets}) == 1 and len({rid(s) for s in nets}) == 3
+        stage1 = nets[0].init
+        assert stage1.seed == nets[0].seed and stage1.method == "fsp" and stage1.init is None
+        assert stage1.stages["fsp"].length == iterations and stage1.stages["train"].length == 0
+        for s in nets:   # stage 1 skipped: each network trains its stage 2 from the shared student
+            assert s.stages["fsp"].length == 0 and s.stages["train"].length == 21_000
+            assert [rid(t) for t in s.teachers] == [rid(t) for t in stage1.teachers]
+        cfg = resolve(nets[1], "smoke")
+        assert cfg["init"]["run_id"] == rid(stage1, "smoke") and cfg["stages"]["fsp"]["length"] == 0
+    for k in (1, 2, 3):
+        dagger = cell(paper, "table1", "Student∗†", f"net{k}").specs[0]
+        assert dagger.init is None and dagger.stages["fsp"].length == 21_000  # its own shuffled stage 1
 
 
 def test_columns_are_seeds_their_mean_and_their_ensemble(paper):
@@ -102,9 +140,10 @@ def test_protocols(paper):
     assert teacher.train.optim.weight_decay == 1e-4 and teacher.train.optim.momentum == 0.9
     student = cell(paper, "table2", "Student∗", "net1").specs[0]
     assert (student.model, student.augment, student.method) == ("cifar_resnet32x4", "none", "fsp")
-    assert student.stages["fsp"].optim.lr == 1e-3 and student.stages["fsp"].optim.milestones == [16000, 24000]
+    stage1 = student.init.stages["fsp"]
+    assert stage1.optim.lr == 1e-3 and stage1.optim.milestones == [16000, 24000]
     assert student.stages["train"].length == 21000 and student.stages["train"].optim.lr == 0.1
-    fast = cell(paper, "table1", "Student∗", "net1").specs[0]
+    fast = cell(paper, "table1", "Student∗", "net1").specs[0].init
     assert fast.stages["fsp"].length == 21000 and fast.stages["fsp"].optim.milestones == [11000, 16000]
     small = cell(paper, "table3", "Proposed method (FSP)", "single net").specs[0]
     assert small.model == "cifar_resnet8" and small.stages["train"].length == 64000
@@ -163,6 +202,13 @@ def test_iteration_curve_chains_stages():
             dict(stage="train", stage_iteration=700.0, top1_err=20.0)]
     assert F.iteration_curve(rows) == ([390.0, 500.0, 890.0, 1200.0], [10.0, 20.0, 70.0, 80.0])
     assert F.iteration_curve([dict(stage="eval", top1_err=5.0)]) == ([], [])
+
+
+def test_a_branched_networks_curve_starts_with_its_shared_stage1():
+    rows = [{"run_id": "m1", "init": "s1"}]   # the stage-1 run has no row of its own, only its curve
+    curves = {"s1": [{"stage": "fsp", "stage_iteration": 100.0, "top1_err": 90.0}],
+              "m1": [{"stage": "train", "stage_iteration": 100.0, "top1_err": 40.0}]}
+    assert F.iteration_curve(F.run_history(rows, curves, "m1")) == ([100.0, 200.0], [10.0, 60.0])
 
 
 def test_plot_without_runs_is_an_empty_figure(paper, tmp_path):

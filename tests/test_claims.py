@@ -151,6 +151,19 @@ def test_no_student_starts_from_its_teachers_initialisation(paper):
                 for t in spec.teachers:
                     assert (t.model, t.seed) != (spec.model, spec.seed), (table.key, cell.row)
 
+def test_the_dml_update_order_arms_differ_in_the_order_only(paper):
+    """The evidence for DML's default order pairs each Algorithm 1 cohort with the same cohort (same seed,
+    networks, data, schedule) updated from one forward pass, and nothing else differs."""
+    table = next(t for t in paper.tables if t.key == "dml")
+    cells = {c.row: c for c in table.cells}
+    pairs = [(cells[comp.better], cells[comp.than]) for comp in table.comparisons if "update order" in comp.claim]
+    assert [(a.metric, b.metric) for a, b in pairs] == [("top1_err", "top1_err"), ("net2_top1_err", "net2_top1_err")]
+    for sequential, one_pass in pairs:
+        for a, b in zip(sequential.specs, one_pass.specs, strict=True):
+            assert (a.method_args["update_order"], b.method_args["update_order"]) == ("sequential", "simultaneous")
+            assert dataclasses.replace(b, method_args=dict(b.method_args, update_order="sequential")) == a
+
+
 
 def test_real_data_at_the_benchmark_budget_and_synthetic_at_smoke(paper, tmp_path):
     datasets = {b: {c["dataset"] for _, _, cfgs, _ in plan(paper, b, "auto", str(tmp_path)) for c in cfgs}

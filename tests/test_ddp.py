@@ -218,6 +218,60 @@ def test_a_stage_that_leaves_parameters_unused_trains_under_ddp(tmp_path):
     assert [(tmp_path / f"{script.name}.rank{r}").read_text() for r in (0, 1)] == ["ok", "ok"]
 
 
+SEQUENTIAL = """
+import copy, dataclasses, torch, torch.distributed as tdist
+from kd_methods.engine import distributed as dist
+from kd_methods.engine.optim import build_optimizer
+from kd_methods.engine.trainer import train_step, update_steps
+from kd_methods.methods import StepContext, build_method
+from kd_methods.models import create_model
+from kd_methods.runs.spec import Optim
+
+dist.init_from_env()
+torch.manual_seed(0)
+# group norm: the result does not depend on how the batch is split over the ranks
+d = build_method("dml", create_model("test_efficientnet_gn", num_classes=10), num_classes=10,
+                 peers=["test_efficientnet_gn"], update_order="sequential")
+ref = copy.deepcopy(d)  # the same cohort on this process alone, fed the whole batch
+stage = d.stages()[0]
+optim = dataclasses.asdict(Optim(lr=0.05, weight_decay=5e-4))
+d.train(), ref.train()
+opt = build_optimizer(d.parameters_for(stage), optim)
+ref_opt = build_optimizer(ref.parameters_for(stage), optim)
+steps = update_steps(d, stage, torch.device("cpu"))
+assert len(steps) == 2 and all(type(fn).__name__ == "DistributedDataParallel" for _, fn in steps)
+ref_steps = [(groups, ref) for groups in stage.updates]
+g = torch.Generator().manual_seed(1)  # the same global batches on both ranks
+half = slice(4 * dist.rank(), 4 * dist.rank() + 4)
+for i in range(3):
+    x, y = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)
+    ctx = StepContext(stage, step=i, total_steps=3)
+    train_step(steps, d, opt, x[half], y[half], ctx)
+    train_step(ref_steps, ref, ref_opt, x, y, ctx)
+for a, b in zip(d.parameters(), ref.parameters()):
+    assert torch.allclose(a, b, atol=1e-5), "two ranks' sequential updates are not the one-process ones"
+flat = torch.cat([p.detach().flatten() for p in d.parameters()])
+gathered = [torch.zeros_like(flat) for _ in range(2)]
+tdist.all_gather(gathered, flat)
+assert torch.equal(gathered[0], gathered[1]), "ranks disagree"
+with open(f"{__file__}.rank{dist.rank()}", "w") as f:
+    f.write("ok")
+del steps
+dist.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_sequential_updates_under_ddp_match_one_process(tmp_path):
+    """DML's sequential order: one DDP wrapper per update, each averaging only its own network's gradients;
+    three steps on 2 ranks x 4 images equal three steps on one process with the 8."""
+    script = tmp_path / "sequential.py"
+    script.write_text(SEQUENTIAL)
+    proc = subprocess.run(torchrun(str(script)), env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [(tmp_path / f"{script.name}.rank{r}").read_text() for r in (0, 1)] == ["ok", "ok"]
+
+
 def _rank_pid(launcher: subprocess.Popen, rank: int) -> int:
     """The pid of torchrun's worker with RANK=rank (Linux /proc)."""
     children = [c for task in Path(f"/proc/{launcher.pid}/task").iterdir()

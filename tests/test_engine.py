@@ -1,6 +1,9 @@
 """The one training loop: stages, metrics, checkpoints, resume == uninterrupted, NaN handling, reuse."""
 import csv
+import dataclasses
 import json
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +11,7 @@ import torch
 from kd_methods.engine.trainer import EngineOptions
 from kd_methods.errors import ConfigError, NumericalFault
 from kd_methods.runs.runner import RunContext, execute, load_run_model
-from kd_methods.runs.spec import ExperimentSpec, Optim, Phase, resolve
+from kd_methods.runs.spec import SKIPPED, ExperimentSpec, Optim, Phase, Pretrained, from_dict, resolve, upstream
 from kd_methods.runs.store import RunStore, read_results
 
 CPU = EngineOptions(device="cpu", progress=False)
@@ -65,10 +68,15 @@ def _without_wall(history):
     return [{k: v for k, v in r.items() if k != "wall_s"} for r in history]
 
 
-def test_resume_from_an_epoch_checkpoint_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("spec", [
+    tiny(epochs=3),
+    # DML's sequential order: one optimiser, two updates a step, the peer's batch norm counting once
+    tiny(epochs=2, method="dml", method_args={"peers": ["cifar_resnet8"], "update_order": "sequential"},
+         batch_size=8, train_subset=16, test_subset=16)], ids=["scratch", "dml-sequential"])
+def test_resume_from_an_epoch_checkpoint_equals_an_uninterrupted_run(tmp_path, monkeypatch, spec):
     from kd_methods.engine import metrics
 
-    cfg = resolve(tiny(epochs=3))
+    cfg = resolve(spec)
     full_ctx = ctx_for(tmp_path / "a")
     full = execute(cfg, full_ctx)
 
@@ -93,9 +101,9 @@ def test_resume_from_an_epoch_checkpoint_equals_an_uninterrupted_run(tmp_path, m
 
     assert history(ctx) == history(full_ctx)
     assert (resumed["top1_err"], resumed["top5_err"]) == (full["top1_err"], full["top5_err"])
-    a = torch.load(full_ctx.store.dir(cfg["run_id"]) / "model.pt", weights_only=True)["models"]["student"]
-    b = torch.load(ctx.store.dir(cfg["run_id"]) / "model.pt", weights_only=True)["models"]["student"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a = torch.load(full_ctx.store.dir(cfg["run_id"]) / "model.pt", weights_only=True)["models"]
+    b = torch.load(ctx.store.dir(cfg["run_id"]) / "model.pt", weights_only=True)["models"]
+    assert a.keys() == b.keys() and all(torch.equal(a[m][k], b[m][k]) for m in a for k in a[m])
     manifest = json.loads((ctx.store.dir(cfg["run_id"]) / "manifest.json").read_text())
     assert manifest["resumed"] == 1
 
@@ -162,3 +170,65 @@ def test_smoke_runs_keep_the_average_of_their_batches_as_batchnorm_statistics(tm
         for b in batches:
             expected = 0.9 * expected + 0.1 * b
         assert torch.allclose(running, expected, atol=1e-5)
+
+
+def test_a_run_can_start_from_another_runs_student_and_skip_a_stage(tmp_path):
+    """FSP's branching: a run trains only stage 1 (stage 2 skipped, length 0); another run skips stage 1
+    and starts its student from that run's (the init run trains first, as a teacher would)."""
+    small = dict(batch_size=16, train_subset=16, test_subset=16)
+    teacher = tiny(model="cifar_resnet14", label="teacher", paper="", epochs=1, **small)
+    frozen = Phase(length=1, unit="iter", optim=Optim(lr=1e-12, momentum=0.0, weight_decay=0.0,
+                                                       schedule="constant"))
+    stage1 = tiny(method="fsp", teachers=[teacher], label="stage 1", paper="", **small,
+                  stages={"fsp": Phase(length=2, unit="iter", optim=Optim(lr=1e-3)), "train": SKIPPED})
+    member = dataclasses.replace(stage1, init=stage1, label="member", paper="unit", seed=3,
+                                 stages={"fsp": SKIPPED, "train": frozen})
+    cfg = resolve(member)
+    assert cfg["init"]["run_id"] == resolve(stage1)["run_id"] and cfg["run_id"] != cfg["init"]["run_id"]
+    assert [c["run_id"] for c in upstream(cfg)] == [cfg["teachers"][0]["run_id"], cfg["init"]["run_id"]]
+    assert resolve(member, "smoke")["stages"]["fsp"]["length"] == 0  # a skipped stage stays skipped
+    ctx = ctx_for(tmp_path)
+    execute(cfg, ctx)
+    stages = {rid: {r["stage"] for r in read_metrics(ctx.store.dir(rid) / "metrics.csv")}
+              for rid in (cfg["init"]["run_id"], cfg["run_id"])}
+    assert stages == {cfg["init"]["run_id"]: {"fsp"}, cfg["run_id"]: {"train"}}
+    # one step at lr 1e-12 leaves the weights where they started: the stage-1 run's trained student
+    start = load_run_model(cfg["init"], ctx.store).state_dict()
+    end = load_run_model(cfg, ctx.store).state_dict()
+    convs = [k for k in start if k.endswith("conv1.weight")]
+    assert convs and all(torch.allclose(start[k], end[k], atol=1e-9) for k in convs)
+
+
+def test_init_runs_and_skipped_stages_are_validated():
+    base = dict(model="cifar_resnet8", dataset="synthetic10")
+    spec = from_dict(ExperimentSpec, dict(base, init=dict(model="cifar_resnet8", dataset="synthetic10", seed=4)))
+    assert isinstance(spec.init, ExperimentSpec) and spec.init.seed == 4
+    assert isinstance(from_dict(ExperimentSpec, dict(base, init=dict(model="cifar_resnet8", path="w.pt",
+                                                                      sha256="ab" * 32))).init, Pretrained)
+    with pytest.raises(ConfigError, match="init.model is 'cifar_resnet14'"):
+        resolve(ExperimentSpec(**base, init=ExperimentSpec(model="cifar_resnet14", dataset="synthetic10")))
+    with pytest.raises(ConfigError, match=r"train.length must be > 0"):
+        resolve(ExperimentSpec(**base, train=Phase(length=0)))
+    with pytest.raises(ConfigError, match="every stage of method 'scratch' has length 0"):
+        execute(resolve(tiny(stages={"train": SKIPPED})), ctx_for(Path(tempfile.mkdtemp())))
+
+
+def test_a_weights_file_starts_every_network_of_its_architecture_in_a_cohort(tmp_path):
+    """DML from ImageNet-style weights: network 1 and its same-architecture peer both start from the file."""
+    import hashlib
+
+    from kd_methods.models import create_model
+
+    torch.manual_seed(7)
+    source = create_model("cifar_resnet8", num_classes=10)
+    torch.save(source.state_dict(), tmp_path / "w.pt")
+    sha = hashlib.sha256((tmp_path / "w.pt").read_bytes()).hexdigest()
+    frozen = Phase(length=1, unit="iter", optim=Optim(lr=1e-12, momentum=0.0, weight_decay=0.0, schedule="constant"))
+    spec = tiny(method="dml", method_args={"peers": ["cifar_resnet8"]}, batch_size=8, train_subset=8,
+                test_subset=8, train=frozen, init=Pretrained("cifar_resnet8", str(tmp_path / "w.pt"), sha, 10))
+    cfg = resolve(spec)
+    ctx = ctx_for(tmp_path)
+    execute(cfg, ctx)
+    saved = torch.load(ctx.store.dir(cfg["run_id"]) / "model.pt", weights_only=True)["models"]
+    for net in ("net1", "net2"):
+        assert torch.allclose(saved[net]["conv1.weight"], source.conv1.weight, atol=1e-9), net

@@ -93,26 +93,51 @@ def test_dml_loss_single_tensor_peer_and_zero_when_equal():
 
 # -- tolerant teacher -------------------------------------------------------------------------------
 
-def test_tsd_penalty_matches_hand_formula():
+def test_tsd_penalty_is_the_gap_from_the_highest_score_as_the_paper_writes_it():
+    """f_{a_1} - mean(f_{a_2}..f_{a_k}), f_{a_j} the j-th largest score: the label plays no part."""
     logits = torch.randn(3, 6)
-    y = torch.tensor([0, 4, 2])
     k = 3
     want = 0.0
     for i in range(3):
+        f = sorted(softmax_row(logits[i].tolist()), reverse=True)
+        want += f[0] - sum(f[1:k]) / (k - 1)
+    for y in (torch.tensor([0, 4, 2]), torch.tensor([5, 5, 5]), None):
+        assert close(K.tsd_penalty(logits, y, k), want / 3)
+
+
+def test_tsd_penalty_forms_differ_on_an_image_whose_highest_score_is_not_its_label():
+    # scores e^2, e^1, e^0, e^-1 over their sum: 0.6439, 0.2369, 0.0871, 0.0321; the label is class 1
+    logits, y = torch.tensor([[2.0, 1.0, 0.0, -1.0]]), torch.tensor([1])
+    z = sum(math.exp(v) for v in (2, 1, 0, -1))
+    f = [math.exp(v) / z for v in (2, 1, 0, -1)]
+    assert close(K.tsd_penalty(logits, y, 3), f[0] - (f[1] + f[2]) / 2)            # 0.4819, the paper's
+    assert close(K.tsd_penalty(logits, y, 3, anchor="label"), f[1] - (f[0] + f[2]) / 2)  # -0.1286
+    assert close(K.tsd_penalty(logits, y, 3), 0.4819, tol=1e-3)
+    assert close(K.tsd_penalty(logits, y, 3, anchor="label"), -0.1286, tol=1e-3)
+    right = torch.tensor([0])  # where the label holds the highest score the two forms agree
+    assert close(K.tsd_penalty(logits, right, 3), K.tsd_penalty(logits, right, 3, anchor="label"))
+
+
+def test_tsd_penalty_label_anchor_excludes_the_label_from_the_runners_up():
+    logits = torch.randn(3, 6)
+    y = torch.tensor([0, 4, 2])
+    want = 0.0
+    for i in range(3):
         f = softmax_row(logits[i].tolist())
-        others = sorted((f[c] for c in range(6) if c != int(y[i])), reverse=True)[:k - 1]
-        want += f[int(y[i])] - sum(others) / (k - 1)
-    assert close(K.tsd_penalty(logits, y, k), want / 3)
+        others = sorted((f[c] for c in range(6) if c != int(y[i])), reverse=True)[:2]
+        want += f[int(y[i])] - sum(others) / 2
+    assert close(K.tsd_penalty(logits, y, 3, anchor="label"), want / 3)
 
 
-def test_tsd_penalty_excludes_primary_even_when_it_is_top():
+def test_tsd_penalty_rejects_bad_k_and_anchor():
     logits = torch.tensor([[5.0, 1.0, 0.0, -1.0]])
-    f = softmax_row(logits[0].tolist())
-    assert close(K.tsd_penalty(logits, torch.tensor([0]), 2), f[0] - f[1])
-    with pytest.raises(ValueError, match="k must be"):
-        K.tsd_penalty(logits, torch.tensor([0]), 1)
-    with pytest.raises(ValueError, match="k must be"):
-        K.tsd_penalty(logits, torch.tensor([0]), 5)
+    for k in (1, 5):
+        with pytest.raises(ValueError, match="k must be"):
+            K.tsd_penalty(logits, torch.tensor([0]), k)
+    with pytest.raises(ValueError, match="anchor must be"):
+        K.tsd_penalty(logits, torch.tensor([0]), 2, anchor="primary")
+    with pytest.raises(ValueError, match="needs the targets"):
+        K.tsd_penalty(logits, None, 2, anchor="label")
 
 
 def test_label_smoothing_penalty_matches_kl_from_uniform():

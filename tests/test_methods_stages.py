@@ -296,6 +296,57 @@ def test_dml_mimicry_term_only_moves_its_own_network():
     assert has_grad(d.student) and no_grad(d.peers)
 
 
+def _dml_steps(order: str, n_steps: int = 2):
+    """Two engine steps (`train_step`, SGD lr 0.1) of one ResNet-8 pair in `order`: the state of both
+    networks and the losses after each step, and the pair as it was before the first."""
+    import copy
+    import dataclasses
+
+    from kd_methods.engine.optim import build_optimizer
+    from kd_methods.engine.trainer import train_step, update_steps
+    from kd_methods.runs.spec import Optim
+
+    d = dml(update_order=order)
+    before = copy.deepcopy(d)
+    stage = d.stages()[0]
+    d.train()
+    d.set_trainable(stage)
+    opt = build_optimizer(d.parameters_for(stage), dataclasses.asdict(Optim(lr=0.1)))
+    steps = update_steps(d, stage, torch.device("cpu"))
+    states, losses = [], []
+    for i in range(n_steps):
+        x, y = batch(n=8, seed=10 + i)
+        losses.append(train_step(steps, d, opt, x, y, StepContext(stage, step=i, total_steps=n_steps)))
+        states.append([copy.deepcopy(net.state_dict()) for net in d.networks])
+    return d, before, states, losses
+
+
+def test_dml_sequential_order_updates_net1_as_before_then_net2_from_net1s_new_predictions():
+    """Algorithm 1 through the engine: the first network's first update is the simultaneous form's, bit for
+    bit; the second network's first update already mimics the updated first network, so the forms part
+    from there, and on the second step the first network differs too."""
+    _, _, simultaneous, loss_sim = _dml_steps("simultaneous")
+    d, before, sequential, loss_seq = _dml_steps("sequential")
+    same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)
+    assert same(sequential[0][0], simultaneous[0][0])
+    assert not same(sequential[0][1], simultaneous[0][1])
+    assert not same(sequential[1][0], simultaneous[1][0])
+    assert set(loss_seq[0]) == set(loss_sim[0])  # the same losses are logged, one per network
+    assert torch.equal(loss_seq[0]["loss_dml_net1"], loss_sim[0]["loss_dml_net1"])
+    # network 2's mimicry term is measured against network 1 as it is after its update (batch statistics)
+    x, _ = batch(n=8, seed=10)
+    net1_after, net2_before = before.networks[0], before.networks[1]
+    net1_after.load_state_dict(sequential[0][0])
+    net1_after.train(), net2_before.train()
+    with torch.no_grad():
+        want = dml_loss(net2_before(x), [net1_after(x)])
+    assert torch.allclose(loss_seq[0]["loss_dml_net2"], want, atol=1e-5)
+    # each network's batch-norm statistics count every batch once, in its own update
+    bn = lambda state: int(state["bn1.num_batches_tracked"])
+    assert [bn(s) for s in sequential[1]] == [bn(s) for s in simultaneous[1]] == [2, 2]
+    assert [s.updates for s in d.stages()] == [(("net1",), ("net2",))]
+
+
 def test_dml_three_mixed_networks_and_dml_e():
     x, y = batch(n=2)
     peers = ("cifar_mobilenet", "cifar_wrn_16_2")
@@ -336,12 +387,13 @@ def test_dml_temperature_and_errors():
         _, losses = d(x, y, ctx_for(d, "train"))
         z1, z2 = d.student(x), d.peers[0](x)
     assert torch.allclose(losses["loss_dml_net1"], kd_loss(z1, z2, 2.0), atol=1e-6)
-    assert sources("dml")["temperature"] == "assumed"
-    assert any(r["name"] == "deviation" for r in METHODS.get("dml").provenance())
+    assert sources("dml")["temperature"] == "paper"  # Eq. 1's plain softmax is T = 1
     with pytest.raises(ConfigError, match="peers"):
         dml(peers=())
     with pytest.raises(ConfigError, match="variant"):
         dml(variant="dmlx")
+    with pytest.raises(ConfigError, match="update_order"):
+        dml(update_order="alternate")
     with pytest.raises(ValueError):
         build_method("dml", model("cifar_resnet8"), [model("cifar_resnet8")], num_classes=NC)
 
@@ -353,7 +405,13 @@ def logits_and_targets(seed=0, n=4, c=NC):
     return torch.randn(n, c, generator=g) * 3, torch.randint(0, c, (n,), generator=g)
 
 
-def tsd_by_hand(z, y, k):
+def tsd_by_hand(z, k):
+    """The paper's top score difference: highest score minus the mean of the next k-1."""
+    top = z.softmax(1).sort(1, descending=True).values
+    return (top[:, 0] - top[:, 1:k].mean(1)).mean()
+
+
+def tsd_from_label_by_hand(z, y, k):
     f = z.softmax(1)
     out = []
     for i in range(len(y)):
@@ -369,7 +427,7 @@ def test_tolerant_loss_is_ce_plus_eta_term(term):
     logits, losses = step(d, "train", x, y)
     assert torch.allclose(losses["loss_ce"], F.cross_entropy(logits, y))
     p = logits.softmax(1)
-    by_hand = {"tsd": 1.0 * tsd_by_hand(logits, y, 5),
+    by_hand = {"tsd": 1.0 * tsd_by_hand(logits, 5),
                "ls": 0.25 * (-(1 / NC) * (p.log() + torch.log(torch.tensor(float(NC))))).sum(1).mean(),
                "cp": 0.2 * (p * p.log()).sum(1).mean()}
     if term == "none":
@@ -387,16 +445,53 @@ def test_tolerance_terms_push_towards_tolerance():
         loss_fn(z).backward()
         return (z - lr * z.grad).detach()
 
-    gap = lambda z: tsd_by_hand(z, y, 5)
+    gap = lambda z: tsd_by_hand(z, 5)
     z = after_step(lambda z: tsd_penalty(z, y, 5))
     assert gap(z) < gap(z0)
-    z = after_step(lambda z: F.cross_entropy(z, y))                 # a strict teacher widens the gap
+    y_top = z0.argmax(1)  # where the label holds the highest score, a strict teacher widens the gap
+    z = after_step(lambda z: F.cross_entropy(z, y_top))
     assert gap(z) > gap(z0)
     z = after_step(label_smoothing_penalty)
     assert label_smoothing_penalty(z) < label_smoothing_penalty(z0)
     entropy = lambda z: -(z.softmax(1) * z.log_softmax(1)).sum(1).mean()
     z = after_step(confidence_penalty)
     assert entropy(z) > entropy(z0)
+
+
+def test_tolerant_tsd_anchor_label_is_a_named_assumed_variant():
+    x, y = batch(n=8)
+    d = build_method("tolerant", model("cifar_resnet8"), num_classes=NC, tsd_anchor="label")
+    logits, losses = step(d, "train", x, y)
+    assert torch.allclose(losses["loss_tol"], tsd_from_label_by_hand(logits, y, 5), atol=1e-6)
+    paper = {r["name"]: r for r in METHODS.get("tolerant").provenance()}["tsd_anchor"]
+    variant = {r["name"]: r for r in METHODS.get("tolerant").provenance({"tsd_anchor": "label"})}["tsd_anchor"]
+    assert (paper["value"], paper["source"]) == ("top", "paper")
+    assert (variant["value"], variant["source"]) == ("label", "assumed") and "not in the paper" in variant["note"]
+    with pytest.raises(ConfigError, match="tsd_anchor"):
+        build_method("tolerant", model("cifar_resnet8"), num_classes=NC, tsd_anchor="primary")
+
+
+@pytest.mark.parametrize("anchor", ["top", "label"])
+def test_tsd_default_eta_and_k_leave_point_eight_on_the_label_under_either_anchor(anchor):
+    """The eta/K note's derivation, found numerically: one image's CE + eta * TSD is smallest at
+    p_y = (K-1)/(eta*K) = 0.8 with the label ranked first, whichever score the gap starts from."""
+    d = build_method("tolerant", model("cifar_resnet8"), num_classes=100, tsd_anchor=anchor)
+    z = (torch.randn(1, 100, generator=torch.Generator().manual_seed(3)) * 3).requires_grad_()
+    y = torch.tensor([7])
+    opt = torch.optim.Adam([z], lr=0.2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # 600 steps of tiny ops: a second thread only adds hand-offs
+    try:
+        for _ in range(600):
+            loss = F.cross_entropy(z, y) + d.eta * d.tolerance(z, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    p = z.detach().softmax(1)[0]
+    assert p.argmax() == 7 and abs(float(p[7]) - 0.8) < 2e-3
+    assert float(p.sort(descending=True).values[:5].sum()) > 0.99  # the rest on at most K-1 = 4 classes
 
 
 def test_tolerant_hyperparameters():
@@ -423,7 +518,7 @@ def test_tolerant_student_learns_from_previous_generation():
         t = d.teachers[0](x)
     assert set(losses) == {"loss_ce", "loss_tol", "loss_kd"}
     assert torch.allclose(losses["loss_kd"], 0.5 * kd_loss(logits, t, 2.0), atol=1e-6)
-    assert torch.allclose(losses["loss_tol"], tsd_penalty(logits, y, 5), atol=1e-6)
+    assert torch.allclose(losses["loss_tol"], tsd_by_hand(logits, 5), atol=1e-6)
     assert has_grad(d.student)
     assert_teacher_frozen(d)
     with pytest.raises(ValueError):
@@ -556,3 +651,18 @@ def test_a_stage_leaves_the_buffers_of_modules_it_does_not_train_unchanged(metho
             assert trained or same, f"stage '{stage.name}' moved the buffers of {type(m).__name__} it does not train"
             moved_in_some_stage |= trained and not same
     assert moved_in_some_stage
+
+
+# -- provenance ------------------------------------------------------------------------------------
+
+def test_every_paper_default_says_where_the_paper_states_it():
+    """A default labelled "paper" names its place (section, equation, table, algorithm or the named
+    definition); values the papers do not state are "assumed" or, from released code, "code"."""
+    import re
+    where = re.compile(r"Sec\. \d|Eq\. \d|Table \d|Algorithm \d|definition of the term|method section")
+    for name in METHODS:
+        for key, h in METHODS.get(name).defaults.items():
+            if h.source == "paper":
+                assert where.search(h.note), f"{name}.{key}: {h.note!r}"
+    assert sources("ban")["weight"] == "assumed" and sources("ft")["rate"] == "code"
+    assert sources("dml")["temperature"] == sources("dml")["update_order"] == "paper"

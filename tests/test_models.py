@@ -16,7 +16,8 @@ from kd_methods.models.cifar_resnet import ZeroPadShortcut
 from kd_methods.models.fitnets import maxout
 
 PINNED = ["cifar_resnet8", "cifar_resnet14", "cifar_resnet20", "cifar_resnet26", "cifar_resnet32",
-          "cifar_resnet56", "cifar_resnet110", "cifar_resnet8x4", "cifar_resnet32x4", "cifar_wrn_16_2",
+          "cifar_resnet56", "cifar_resnet110", "cifar_resnet8x4", "cifar_resnet14x4", "cifar_resnet32x4",
+          "cifar_wrn_16_2",
           "cifar_wrn_40_2", "cifar_wrn_28_10", "cifar_resnext29_8x64d", "cifar_resnext29_16x64d",
           "cifar_mobilenet", "fitnets_maxout_teacher", "fitnet1", "fitnet2", "fitnet3", "fitnet4"]
 BIG = {"cifar_wrn_28_10", "cifar_resnext29_8x64d", "cifar_resnext29_16x64d"}
@@ -201,6 +202,9 @@ def test_resnet32x4_follows_repdistiller():
     assert [getattr(model, f"layer{i}")[0].conv1.out_channels for i in (1, 2, 3)] == [64, 128, 256]
     assert isinstance(model.layer1[0].shortcut, torch.nn.Sequential)  # 1x1 conv + BN projection
     assert count_parameters(model) == pytest.approx(7.43e6, rel=0.002)
+    student = meta_model("cifar_resnet14x4", 100)  # FSP Table 4: the same widths, two blocks per stage
+    assert [len(getattr(student, f"layer{i}")) for i in (1, 2, 3)] == [2, 2, 2]
+    assert [getattr(student, f"layer{i}")[0].conv1.out_channels for i in (1, 2, 3)] == [64, 128, 256]
 
 
 def test_wrn_block_is_preactivation_with_stride_on_first_conv():

@@ -24,3 +24,15 @@ def test_teachers_methods_are_listed_too():
     lines = _assumed_section(tsd.paper(), tsd.paper().tables[0].key)
     assert any(line.startswith("| tolerant |") for line in lines)
     assert len(lines) == len(set(lines))  # each row once, however many cells share it
+
+
+def test_a_reference_the_paper_cannot_have_is_not_called_untranscribed():
+    """DML reports one update order only: the other order's cells say there is no paper value."""
+    from kd_methods.report.markdown import format_cell
+
+    cell = next(c for c in dml.update_order_table().cells if c.row.startswith("simultaneous"))
+    summary = dict(cell=cell, n=0, reason="not run", mean=None, std=None)
+    none = dict(value=None, note="the paper reports only its own order (Algorithm 1); no value exists")
+    assert "none (see the notes)" in format_cell(summary, none, "top1_acc", None)
+    assert "not transcribed" in format_cell(summary, dict(none, note="paper value not transcribed"), "top1_acc", None)
+    assert "not transcribed" in format_cell(summary, None, "top1_acc", None)

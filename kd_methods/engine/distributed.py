@@ -6,7 +6,8 @@ DistributedDataParallel: its parameters are exactly the student, peers and adapt
 the module tree), so frozen teachers are replicated on every rank, never wrapped.
 
 DDP registers the parameters that require grad when it is built, so the engine builds a new wrapper for
-every stage, after `set_trainable`. Within a stage a method's graph is fixed (methods branch on the stage
+every stage, after `set_trainable` (and, for a stage that updates its groups in turn, one per update, each
+built while only that update's groups require grad). Within a stage a method's graph is fixed (methods branch on the stage
 only), so the wrapper is built with `static_graph=True`: parameters a stage's losses never reach (the
 classifier during FSP's stage 1) keep a None gradient, exactly as on one process, without the per-step
 graph search of `find_unused_parameters`. DDP decides what is used from what the wrapped forward returns,

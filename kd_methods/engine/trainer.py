@@ -1,7 +1,9 @@
 """The one training loop every method runs through.
 
 `train_run(cfg, run_dir, teachers)` builds the data, the student and the method, then runs the method's
-stages in order, each with its own optimiser and schedule. After every epoch it evaluates each of the
+stages in order, each with its own optimiser and schedule (a stage whose length is 0 is skipped). A step
+updates everything the stage trains at once, or, for a stage with `updates`, each group in turn from its
+own forward pass (`train_step`). After every epoch it evaluates each of the
 method's eval models (top-1/top-5 error, mean posterior entropy), writes a checkpoint atomically and
 rewrites `metrics.csv` from the checkpoint's history, so a killed run resumes from its last epoch and
 ends with the same numbers as an uninterrupted one (the data order and augmentation of an epoch are a
@@ -15,6 +17,7 @@ inference_mode (see `Distiller`), losses accumulated on the device and read once
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -128,9 +131,11 @@ def init_student(student: nn.Module, init: dict, num_classes: int) -> None:
     """Start the student from a verified weights file (the spec's `init`).
 
     Every tensor must fit; only a classifier trained for another number of classes (ImageNet weights for
-    a 200-class task) is skipped, and the student keeps its fresh classifier.
+    a 200-class task) is skipped, and the student keeps its fresh classifier, and so are the tensors under
+    the init's `ignore` prefixes (an auxiliary head the student does not have).
     """
     state = load_verified(Path(init["path"]), init["sha256"])
+    state = {k: v for k, v in state.items() if not k.startswith(tuple(init.get("ignore", ())))}
     head = getattr(student, "pretrained_cfg", {}).get("classifier", "fc") + "."
     new_head = init["num_classes"] != num_classes
     if new_head:
@@ -177,11 +182,18 @@ def plan_stages(distiller, cfg: dict, steps_per_epoch: int) -> list[StagePlan]:
             total = int(phase["length"])
             epochs = int(math.ceil(total / steps_per_epoch))
         plans.append(StagePlan(s, phase, epochs, total))
+    if plans and not any(p.total_steps for p in plans):
+        raise ConfigError(f"every stage of method '{cfg['method']}' has length 0, so the run trains nothing; "
+                          f"give at least one stage a length")
     return plans
 
 
-def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineOptions | None = None) -> dict:
-    """Train (or resume) one resolved config in `run_dir`; returns the final result record."""
+def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineOptions | None = None,
+              init_state: dict | None = None) -> dict:
+    """Train (or resume) one resolved config in `run_dir`; returns the final result record.
+
+    init_state: the student's starting weights when the spec's `init` names another run (its trained
+    student, loaded by the runner); an `init` weights file is read and checked here."""
     opts = opts or EngineOptions()
     run_dir = Path(run_dir)
     device = pick_device(opts.device)
@@ -196,9 +208,15 @@ def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineO
     seed_everything(cfg["seed"])
     data = build_data(data_config(cfg, dist.world_size()), device, rank=dist.rank(), world_size=dist.world_size())
     student = create_model(cfg["model"], num_classes=data.num_classes, in_chans=data.input_size[0])
-    if cfg.get("init"):
+    if cfg.get("init") and "run_id" in cfg["init"]:
+        student.load_state_dict(init_state)
+    elif cfg.get("init"):
         init_student(student, cfg["init"], data.num_classes)
     distiller = build_method(cfg["method"], student, teachers, data.num_classes, **cfg["method_args"])
+    if cfg.get("init") and "path" in cfg["init"]:  # the file starts every trained network of its architecture
+        for net in distiller.eval_models().values():        # (a DML cohort's same-architecture peers)
+            if net is not student and getattr(net, "pretrained_cfg", {}).get("architecture") == cfg["init"]["model"]:
+                init_student(net, cfg["init"], data.num_classes)
     if cfg.get("bn_stats") == "cumulative":  # smoke budget: see kd_methods.runs.spec.resolve
         for m in distiller.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -228,17 +246,20 @@ def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineO
         log.append(dict(epoch=0, stage="eval", stage_epoch=0, lr=0.0,
                         **evaluate(distiller, data.test, autocast), wall_s=0.0))
     t_start = time.time()
+    final_stage = max((i for i, p in enumerate(plans) if p.total_steps), default=-1)
     for si in range(start_stage, len(plans)):
         plan = plans[si]
+        if not plan.total_steps:  # a stage the spec skips (length 0): nothing to build or train
+            continue
         distiller.set_trainable(plan.stage)
         optimizer = build_optimizer(distiller.parameters_for(plan.stage), plan.phase["optim"], lr_mult)
         first_epoch = start_epoch if si == start_stage else 0
         if ckpt and si == start_stage and first_epoch > 0:
             optimizer.load_state_dict(ckpt["optimizer"])
-        step_fn = dist.wrap(distiller, device)
+        steps = update_steps(distiller, plan.stage, device)
         for epoch in range(first_epoch, plan.epochs):
             t0 = time.time()
-            losses, lr = _train_epoch(step_fn, distiller, optimizer, data, plan, epoch, global_epoch,
+            losses, lr = _train_epoch(steps, distiller, optimizer, data, plan, epoch, global_epoch,
                                       autocast, lr_mult, opts)
             row = dict(epoch=global_epoch + 1, stage=plan.stage.name, stage_epoch=epoch + 1,
                        stage_iteration=min((epoch + 1) * len(data.train), plan.total_steps), lr=lr, **losses)
@@ -248,7 +269,7 @@ def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineO
                 raise _diverged(f"{broken} became non-finite in stage '{plan.stage.name}' epoch {epoch + 1}",
                                 global_epoch)
             row.update(evaluate(distiller, data.test, autocast))
-            if data.retrieval is not None and si == len(plans) - 1 and epoch + 1 == plan.epochs:
+            if data.retrieval is not None and si == final_stage and epoch + 1 == plan.epochs:
                 row.update(evaluate_retrieval(distiller, data.retrieval, autocast))  # once: the gallery is big
             row["wall_s"] = round(time.time() - t0, 3)
             log.append(row)
@@ -275,7 +296,41 @@ def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineO
                 model_names=list(final_models), num_classes=data.num_classes)
 
 
-def _train_epoch(step_fn, distiller, optimizer, data, plan: StagePlan, epoch: int, global_epoch: int,
+def update_steps(distiller, stage, device: torch.device) -> list[tuple[tuple[str, ...] | None, object]]:
+    """The updates of one step, in order, each as (groups, the callable its forward goes through): one
+    update of everything the stage trains, or one per entry of `stage.updates`. Each gets its own DDP
+    wrapper, built while only its groups require grad, so each averages exactly its own gradients."""
+    if not stage.updates:
+        distiller.set_trainable(stage)
+        return [(None, dist.wrap(distiller, device))]
+    steps = []
+    for groups in stage.updates:
+        distiller.set_trainable(stage, groups)
+        steps.append((tuple(groups), dist.wrap(distiller, device)))
+    return steps
+
+
+def train_step(steps, distiller, optimizer, images, targets, ctx: StepContext, autocast=nullcontext()
+               ) -> dict[str, torch.Tensor]:
+    """One optimiser step of a batch: each update's forward, backward and step in turn (one optimiser for
+    the whole stage: a group without a gradient is left untouched, momentum and weight decay included).
+    Returns the step's losses, detached, with their sum under "loss"."""
+    out: dict[str, torch.Tensor] = {}
+    for groups, step_fn in steps:
+        if groups is not None:  # only this update's groups build a graph and receive gradients
+            distiller.set_trainable(ctx.stage, groups)
+        with autocast:
+            _, losses = step_fn(images, targets, dataclasses.replace(ctx, update=groups))
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for k, v in [*losses.items(), ("loss", loss)]:
+            out[k] = out.get(k, 0) + v.detach().float()
+    return out
+
+
+def _train_epoch(steps, distiller, optimizer, data, plan: StagePlan, epoch: int, global_epoch: int,
                  autocast, lr_mult: float, opts: EngineOptions) -> tuple[dict, float]:
     from tqdm.auto import tqdm
 
@@ -296,14 +351,8 @@ def _train_epoch(step_fn, distiller, optimizer, data, plan: StagePlan, epoch: in
         lr = lr_at(plan.phase["optim"], position, plan.phase["length"], lr_mult)
         set_lr(optimizer, lr)
         ctx = StepContext(plan.stage, epoch=epoch, step=step, total_steps=plan.total_steps)
-        with autocast:
-            _, losses = step_fn(images, targets, ctx)
-        loss = sum(losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        for k, v in [*losses.items(), ("loss", loss)]:
-            sums[k] = sums.get(k, 0) + v.detach().float()
+        for k, v in train_step(steps, distiller, optimizer, images, targets, ctx, autocast).items():
+            sums[k] = sums.get(k, 0) + v
         n += 1
     means = {k: v / max(1, n) for k, v in sums.items()}
     means = dist.all_reduce_mean(means)

@@ -24,6 +24,10 @@ class BAN(KD):
     equation = "Sec. 3: L = CE(y, softmax(s)) + KL(softmax(t) || softmax(s)); generation m learns from generation m-1"
     max_teachers = 1
     defaults = {
-        "temperature": Hyper(1.0, "paper", "BAN matches the teacher's plain softmax output"),
-        "weight": Hyper(1.0, "paper", "the label and teacher terms are added unweighted"),
+        "temperature": Hyper(1.0, "paper", "Sec. 3: the student matches the teacher's output distribution, its "
+                                           "plain softmax (no temperature)"),
+        "weight": Hyper(1.0, "assumed", "the teacher term's weight beside the label term; BAN's Sec. 3 writes the "
+                                        "objective as matching the teacher, and the weight of an added label term "
+                                        "is not stated there (FEED's BAN baseline settings were not read): 1, "
+                                        "the two added unweighted"),
     }

@@ -6,6 +6,9 @@ returned losses, so a method never touches the optimiser (logits are None in a s
 FitNets' hint stage stops the student at its guided layer). Multi-stage methods (FitNets hint training,
 FSP stage 1, the FT paraphraser) declare their `stages()`: each stage names the parameter groups it
 trains (keys of `trainable_groups()`), and the engine gives each stage its own optimiser and schedule.
+A stage may also update its groups in turn within each step (`Stage.updates`, DML's Algorithm 1): the
+engine then runs one forward, backward and optimiser step per update, in order, with only that update's
+groups trainable, and tells `forward_train` which one it is (`ctx.update`).
 
 Teachers are frozen: kept outside the module tree (so they are not in checkpoints, not in
 `parameters()`, never switched to train mode), run under `torch.inference_mode`, and their outputs
@@ -28,29 +31,39 @@ from ..registry import Registry
 METHODS: Registry[type["Distiller"]] = Registry("method")
 
 
+SOURCES = ("paper", "assumed", "code")
+
+
 @dataclass(frozen=True)
 class Hyper:
-    """A method default and where it comes from."""
+    """A method default and where it comes from; `options` gives other named values their own
+    (source, note), so a config choosing one shows where that value comes from."""
     value: Any
     source: str = "paper"  # paper | assumed | code
     note: str = ""
+    options: Mapping[Any, tuple[str, str]] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.source not in ("paper", "assumed", "code"):
-            raise ValueError(f"Hyper source must be paper|assumed|code, got {self.source!r}")
+        for source in (self.source, *(s for s, _ in self.options.values())):
+            if source not in SOURCES:
+                raise ValueError(f"Hyper source must be paper|assumed|code, got {source!r}")
 
 
 @dataclass(frozen=True)
 class Stage:
     """One phase of a method's training.
 
-    name:   the key the experiment spec uses to give this stage its own length and optimiser.
-    trains: names of `Distiller.trainable_groups()` entries that receive gradients and are optimised.
-    losses: names of the losses `forward_train` returns in this stage (checked by the tests).
+    name:    the key the experiment spec uses to give this stage its own length and optimiser.
+    trains:  names of `Distiller.trainable_groups()` entries that receive gradients and are optimised.
+    losses:  names of the losses `forward_train` returns in this stage (over all its updates; checked by
+             the tests).
+    updates: groups updated one after another within each step, each from its own forward pass (so an
+             update sees the weights the previous ones just changed); empty: all of `trains` at once.
     """
     name: str
     trains: tuple[str, ...] = ("student",)
     losses: tuple[str, ...] = ("loss_ce",)
+    updates: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass
@@ -60,6 +73,7 @@ class StepContext:
     epoch: int = 0           # epoch within the stage, from 0
     step: int = 0            # optimiser step within the stage, from 0
     total_steps: int = 1     # optimiser steps in the stage
+    update: tuple[str, ...] | None = None   # the groups this forward updates (one of `stage.updates`)
 
     @property
     def progress(self) -> float:
@@ -145,11 +159,18 @@ class Distiller(nn.Module):
                     params.append(p)
         return params
 
-    def set_trainable(self, stage: Stage) -> None:
-        """requires_grad only on what this stage trains, so nothing else receives a gradient."""
+    def set_trainable(self, stage: Stage, update: Sequence[str] | None = None) -> None:
+        """requires_grad only on what this stage trains (or, within it, one of its `updates`), so nothing
+        else receives a gradient."""
+        params = self.parameters_for(stage)
+        if update is not None:
+            within = {id(p) for p in params}
+            params = self.parameters_for(Stage(stage.name, tuple(update)))
+            if any(id(p) not in within for p in params):
+                raise KeyError(f"stage '{stage.name}' updates {tuple(update)!r}, which it does not train")
         for module in self.trainable_groups().values():
             module.requires_grad_(False)
-        for p in self.parameters_for(stage):
+        for p in params:
             p.requires_grad_(True)
 
     def forward_train(self, images: Tensor, targets: Tensor, ctx: StepContext
@@ -210,8 +231,12 @@ class Distiller(nn.Module):
         overrides = dict(overrides or {})
         rows = []
         for k, h in sorted(cls.defaults.items()):
-            if k in overrides and overrides[k] != h.value:
-                rows.append(dict(method=cls.name, name=k, value=overrides[k], source="config",
+            chosen = overrides.get(k, h.value)
+            if chosen != h.value and isinstance(chosen, str) and chosen in h.options:
+                source, note = h.options[chosen]
+                rows.append(dict(method=cls.name, name=k, value=chosen, source=source, note=note))
+            elif chosen != h.value:
+                rows.append(dict(method=cls.name, name=k, value=chosen, source="config",
                                  note=f"default {h.value!r} ({h.source}) overridden by the experiment"))
             else:
                 rows.append(dict(method=cls.name, name=k, value=h.value, source=h.source, note=h.note))

@@ -169,7 +169,8 @@ class FitNets(Distiller):
                             "the teacher's hint layer, 'in the middle' of the net (Sec. 2.2): 'middle' is the "
                             "middle stage of stage_points (stage2 of 3); a stage name or a module path also "
                             "works. FitNet 4's pair 11 <- 2 is stage2 <- stage2 of fitnet4/fitnets_maxout_teacher"),
-        "guided_point": Hyper("middle", "paper", "the student's guided layer; same forms as hint_point"),
+        "guided_point": Hyper("middle", "paper", "the student's guided layer, also 'in the middle' of its net "
+                                                 "(Sec. 2.2); same forms as hint_point"),
         "lambda_start": Hyper(4.0, "paper", "KD weight at the start of stage kd (Sec. 4.1)"),
         "lambda_end": Hyper(1.0, "paper", "KD weight at the end of stage kd, reached linearly (Sec. 4.1)"),
         "temperature": Hyper(3.0, "paper", "softmax temperature of the KD stage (Sec. 4.1)"),

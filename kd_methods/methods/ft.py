@@ -71,7 +71,9 @@ class FT(FeatureDistiller):
     min_teachers = 1
     defaults = {
         "beta": Hyper(500.0, "code", "the authors' train_student.py default, for a mean-reduced L1"),
-        "rate": Hyper(0.5, "paper", "paraphrase rate k: factor channels = k * teacher channels"),
+        "rate": Hyper(0.5, "code", "paraphrase rate k: factor channels = k * teacher channels; 0.5 is the "
+                                   "default of the authors' train_Paraphraser.py / train_student.py ('--rate', "
+                                   "'The paraphrase rate k'); where the paper states it was not read"),
         "rec_p": Hyper(1, "code", "reconstruction norm: the paper writes ||x - P(x)||^2, the released "
                                   "code trains with nn.L1Loss (p = 1); p = 2 gives the squared form"),
     }

@@ -9,6 +9,8 @@ with a 10-class head (the paper prints 0.85M and 1.7M).
 ``cifar_resnet8x4``/``cifar_resnet32x4`` follow RepDistiller's resnet8x4/resnet32x4 (used by FSP Table 2
 as "32-layer ResNet with 4x channels"): a 32-channel stem, stages of 64/128/256 channels and
 1x1 conv + BN projection shortcuts (option B); resnet32x4 has 7.43M parameters with 100 classes.
+``cifar_resnet14x4`` is the same layout at depth 14, FSP Table 4's student (its teacher is Table 2's
+resnet32x4, and FSP needs equal channel counts).
 """
 from __future__ import annotations
 
@@ -95,6 +97,7 @@ _DEPTHS = {"cifar_resnet8": 8, "cifar_resnet14": 14, "cifar_resnet20": 20, "cifa
 default_cfgs = generate_default_cfgs({
     **{name: cifar_cfg() for name in _DEPTHS},
     "cifar_resnet8x4": cifar_cfg(),
+    "cifar_resnet14x4": cifar_cfg(),
     "cifar_resnet32x4": cifar_cfg(),
 })
 
@@ -154,6 +157,12 @@ def cifar_resnet110(pretrained: bool = False, **kwargs) -> CifarResNet:
 def cifar_resnet8x4(pretrained: bool = False, **kwargs) -> CifarResNet:
     """RepDistiller's resnet8x4 (the student of its resnet32x4 pair)."""
     return _resnet_x4("cifar_resnet8x4", 8, pretrained, **kwargs)
+
+
+@register_model
+def cifar_resnet14x4(pretrained: bool = False, **kwargs) -> CifarResNet:
+    """ResNet-14 with 4x channels (resnet32x4's layout, n=2): FSP Table 4's student."""
+    return _resnet_x4("cifar_resnet14x4", 14, pretrained, **kwargs)
 
 
 @register_model

@@ -40,8 +40,9 @@ def format_cell(summary: dict, ref: dict | None, paper_metric: str, budget: str 
         ours = f"*{summary['reason']}*"
     if not paper_values:  # a table of our own (the claims benchmark): nothing to compare with
         paper, diff = "", ""
-    elif ref is None or ref["value"] is None:
-        paper = f"paper: *{NOT_TRANSCRIBED}*"
+    elif ref is None or ref["value"] is None:  # not read yet, or (the notes say why) no such value exists
+        exists = ref is None or "not transcribed" in ref["note"] or not ref["note"]
+        paper = f"paper: *{NOT_TRANSCRIBED}*" if exists else "paper: *none (see the notes)*"
         diff = ""
     else:
         paper = f"paper: {_fmt(ref['value'])}"
@@ -50,13 +51,13 @@ def format_cell(summary: dict, ref: dict | None, paper_metric: str, budget: str 
 
 
 def _cell_specs(table):
-    """Every spec a table trains: its cells' specs and, recursively, their teachers' (a generation's
-    patriarch is trained with the TSD term, say)."""
+    """Every spec a table trains: its cells' specs and, recursively, their teachers' and the runs their
+    students start from (a generation's patriarch is trained with the TSD term, say)."""
     todo = [spec for c in table.cells for spec in c.specs]
     while todo:
         spec = todo.pop()
         yield spec
-        todo += [t for t in getattr(spec, "teachers", []) if hasattr(t, "method")]
+        todo += [t for t in [*getattr(spec, "teachers", []), getattr(spec, "init", None)] if hasattr(t, "method")]
 
 
 def _provenance_rows(table, ran_methods: set[str]) -> list[dict]:

@@ -13,11 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from .spec import upstream
+
 
 @dataclass
 class Node:
     cfg: dict                       # the resolved config (labels of the first cell that names it)
-    deps: list[str]                 # run ids of the teachers it learns from (pretrained files excluded)
+    deps: list[str]                 # run ids it needs finished: its teachers', its init run (not pretrained files)
     tables: list[str] = field(default_factory=list)   # tables whose cells name it, directly or as a teacher
 
 
@@ -43,10 +45,10 @@ class RunGraph:
         return graph
 
     def add(self, cfg: dict, table: str = "") -> None:
-        """Add run `cfg` (and its teachers' runs first); a config labelled with a paper owes a row."""
-        for t in cfg["teachers"]:
-            if "run_id" in t:
-                self.add(t, table)
+        """Add run `cfg` (and the runs it needs first: its teachers', the one its student starts from); a
+        config labelled with a paper owes a row."""
+        for dependency in upstream(cfg):
+            self.add(dependency, table)
         labels = cfg.get("labels") or {}
         row = cfg["run_id"], labels.get("table", ""), labels.get("label", "")
         if labels.get("paper") and row not in self._rows:
@@ -54,7 +56,7 @@ class RunGraph:
             self.records.append(cfg)
         node = self.nodes.get(cfg["run_id"])
         if node is None:
-            node = self.nodes[cfg["run_id"]] = Node(cfg, [t["run_id"] for t in cfg["teachers"] if "run_id" in t])
+            node = self.nodes[cfg["run_id"]] = Node(cfg, [d["run_id"] for d in upstream(cfg)])
         if table and table not in node.tables:
             node.tables.append(table)
 

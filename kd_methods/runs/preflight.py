@@ -30,12 +30,7 @@ from ..errors import ConfigError
 from ..methods import METHODS, StepContext, build_method
 from ..models import create_model
 from ..models.features import SHAPES_ONLY_ABOVE
-
-
-def walk(cfgs: Iterable[dict]):
-    for cfg in cfgs:
-        yield cfg
-        yield from walk(t for t in cfg["teachers"] if "run_id" in t)
+from .spec import walk
 
 
 def _num_classes(cfg: dict) -> int:
@@ -156,6 +151,7 @@ def preflight(cfgs: Iterable[dict]) -> int:
         input_size = get_spec(cfg["dataset"]).input_size
         n = _num_classes(cfg)
         init = cfg.get("init")
+        init = init if init and "run_id" not in init else None  # a run's student fits: same model, same data
         optimisers = [cfg["train"]["optim"]] + [cfg["stages"][k]["optim"] for k in sorted(cfg["stages"])]
         key = (cfg["method"], cfg["model"], n, input_size, teacher_keys, init and init["sha256"],
                json.dumps([cfg["method_args"], optimisers], sort_keys=True))

@@ -1,7 +1,7 @@
 """Resolve a run's graph (its teachers first), reuse what is finished, resume what was interrupted.
 
-`execute(cfg, ctx)` trains the teachers' runs a run depends on (recursively, each once), then the run
-itself, and records it: `result.json` and `model.pt` in the run folder, a row in
+`execute(cfg, ctx)` trains the runs a run depends on (its teachers', and the one its student starts from;
+recursively, each once), then the run itself, and records it: `result.json` and `model.pt` in the run folder, a row in
 `results/<paper>/runs.csv` for every table that asked for it and its per-epoch rows (and its teachers')
 in `results/<paper>/curves.csv`. `train_one(cfg, ctx)` is the step every
 executor shares: with the teachers finished, it takes the run's lock so two processes never train it
@@ -22,6 +22,7 @@ from ..engine.checkpoint import load_checkpoint, load_verified, remove_temporari
 from ..engine.trainer import EngineOptions, pick_device, precision, train_run
 from ..errors import CheckpointError, NumericalFault, UserError
 from ..models.factory import model_from_state
+from .spec import upstream
 from .store import RunStore, append_results_row, device_name, write_json
 
 
@@ -53,6 +54,7 @@ def load_teacher(t: dict, store: RunStore | None) -> torch.nn.Module:
     if "pretrained" in t:
         p = t["pretrained"]
         state = load_verified(Path(p["path"]), p["sha256"])  # its sha256 before anything is built
+        state = {k: v for k, v in state.items() if not k.startswith(tuple(p.get("ignore", ())))}  # a head it lacks
         try:
             model = model_from_state(p["model"], p["num_classes"], state)
         except RuntimeError as e:  # missing, unexpected or reshaped keys, one kind per line
@@ -94,7 +96,8 @@ def _results_row(cfg: dict, result: dict, status: str = "finished") -> dict:
                 config_hash=cfg["run_id"], status=status, device=result.get("device", ""),
                 finished_at=result.get("finished_at", ""),
                 extra=json.dumps(result.get("extra", {}), sort_keys=True),
-                teachers=" ".join(t["run_id"] for t in cfg["teachers"] if "run_id" in t))
+                teachers=" ".join(t["run_id"] for t in cfg["teachers"] if "run_id" in t),
+                init=(cfg.get("init") or {}).get("run_id", ""))
 
 
 def record(cfg: dict, result: dict, ctx: RunContext, status: str = "finished") -> None:
@@ -104,7 +107,7 @@ def record(cfg: dict, result: dict, ctx: RunContext, status: str = "finished") -
     if paper and dist.is_main():
         curves = {}
         if status == "finished":
-            for run_id in [cfg["run_id"]] + [t["run_id"] for t in cfg["teachers"] if "run_id" in t]:
+            for run_id in [cfg["run_id"]] + [d["run_id"] for d in upstream(cfg)]:
                 curves[run_id] = ctx.store.metrics(run_id)
         append_results_row(ctx.results_dir, paper, _results_row(cfg, result, status),
                            curves={k: v for k, v in curves.items() if v})
@@ -115,9 +118,8 @@ def execute(cfg: dict, ctx: RunContext | None = None) -> dict:
     returns its result record."""
     ctx = ctx or RunContext()
     if not ctx.store.is_finished(cfg["run_id"]):
-        for t in cfg["teachers"]:
-            if "pretrained" not in t:
-                execute(t, ctx)
+        for dependency in upstream(cfg):  # teachers' runs and the run the student starts from
+            execute(dependency, ctx)
     result = train_one(cfg, ctx)
     record(cfg, result, ctx)
     return result
@@ -129,9 +131,9 @@ def train_one(cfg: dict, ctx: RunContext) -> dict:
     store, run_id = ctx.store, cfg["run_id"]
     if store.is_finished(run_id):
         return store.result(run_id)
-    missing = [t["run_id"] for t in cfg["teachers"] if "run_id" in t and not store.is_finished(t["run_id"])]
+    missing = [d["run_id"] for d in upstream(cfg) if not store.is_finished(d["run_id"])]
     if missing:
-        raise RuntimeError(f"run {run_id} was started before its teacher run {missing[0]} finished")
+        raise RuntimeError(f"run {run_id} was started before the run it needs, {missing[0]}, finished")
     busy = f"[wait] {run_id} is being trained by another process; waiting for it to finish"
     lock = store.lock(run_id, on_wait=lambda: ctx.log(busy)) if not dist.is_distributed() else _no_lock()
     with lock:
@@ -162,6 +164,8 @@ def _train(cfg: dict, ctx: RunContext) -> None:
     ctx.log(f"[{'resume' if resuming else 'train'}] {run_id} {cfg['method']} {cfg['model']} "
             f"seed {cfg['seed']} on {cfg['dataset']} ({what})")
     teachers = [load_teacher(t, store) for t in cfg["teachers"]]
+    init = cfg.get("init")  # the student of another run: its starting weights
+    init_state = load_run_model(init, store).state_dict() if init and "run_id" in init else None
     manifest = run_dir / "manifest.json"
     manifest_before = manifest.read_bytes() if manifest.is_file() else None
     if dist.is_main():
@@ -170,7 +174,7 @@ def _train(cfg: dict, ctx: RunContext) -> None:
         store.start(cfg, device)
     t0 = time.time()
     try:
-        out = train_run(cfg, run_dir, teachers, ctx.opts)
+        out = train_run(cfg, run_dir, teachers, ctx.opts, init_state)
     except NumericalFault as e:
         if dist.is_main():
             store.update_manifest(run_id, status="failed", failure=str(e),

@@ -1,8 +1,10 @@
 """Experiments as data: a spec says what to train; a budget says how long; together they resolve to a run.
 
 An `ExperimentSpec` is the paper's protocol for one trained network (model, method, teachers, dataset,
-optimiser, stage lengths, seed). Teachers are specs too (or pretrained files), so a table is a graph of
-runs and a teacher shared by several tables is trained once. `resolve(spec, budget)` applies the budget
+optimiser, stage lengths, seed). Teachers are specs too (or pretrained files), and so may be the
+student's starting point (`init`: another run's trained student, or a weights file), so a table is a
+graph of runs and a teacher shared by several tables is trained once. A stage given length 0 is skipped
+(`SKIPPED`): with `init`, several runs can branch from one run's first stage (FSP's Table 1). `resolve(spec, budget)` applies the budget
 and returns a plain, JSON-able config; the run id is a hash of that config's identity (labels such as the
 paper's table name do not enter it, so identical trainings are shared between tables and papers).
 
@@ -59,6 +61,7 @@ class Pretrained:
     sha256: str
     num_classes: int = 1000
     source: str = ""
+    ignore: list[str] = field(default_factory=list)   # key prefixes the model lacks (an auxiliary head)
 
 
 @dataclass
@@ -77,7 +80,8 @@ class ExperimentSpec:
     train_subset: Union[int, None] = None   # first-N images (tiny runs); the smoke budget caps it further
     test_subset: Union[int, None] = None
     lr_scaling: str = "none"          # none: batch_size is global | linear: per rank, lr *= world_size (DDP)
-    init: Union[Pretrained, None] = None   # start the student from this weights file (else a fresh init)
+    # Start the student from this weights file or from the student of this (finished) run; else a fresh init.
+    init: Union[Pretrained, "ExperimentSpec", None] = None
     # Labels: where the run appears. Not part of the run's identity.
     paper: str = ""
     table: str = ""
@@ -86,6 +90,8 @@ class ExperimentSpec:
     def phase(self, stage_name: str) -> Phase:
         return self.stages.get(stage_name, self.train)
 
+
+SKIPPED = Phase(0, "iter")  # a stage override of length 0: the stage does not run
 
 LABEL_FIELDS = ("paper", "table", "label")
 UNITS = ("epoch", "iter")
@@ -137,6 +143,8 @@ def get_budget(name: str) -> Budget:
 
 def _scaled_phase(phase: Phase, budget: Budget) -> dict:
     d = dataclasses.asdict(phase)
+    if not phase.length:  # a skipped stage stays skipped
+        return d
     if budget.smoke:
         # One short epoch (or two iterations); milestones keep their relative place in the schedule.
         new_len = 1 if phase.unit == "epoch" else 2
@@ -199,8 +207,10 @@ def resolve(spec: ExperimentSpec, budget: Union[Budget, str] = "paper", data: st
         # network (a teacher, a probed model) mis-scales every layer and deep ones blow up; averaging
         # the batches seen instead gives them the statistics of what they trained on.
         cfg["bn_stats"] = "cumulative"
-    if spec.init is not None:  # only when set, so the ids of runs without one do not change
+    if isinstance(spec.init, Pretrained):  # only when set, so the ids of runs without one do not change
         cfg["init"] = dataclasses.asdict(spec.init)
+    elif spec.init is not None:  # another run: a dependency of this one, like a teacher
+        cfg["init"] = resolve(spec.init, budget, data, data_root)
     if spec.lr_scaling == "linear":  # the global batch, hence the run, depends on the number of processes
         from ..engine.distributed import world_size
         cfg["world_size"] = world_size()
@@ -218,13 +228,28 @@ IDENTITY_EXCLUDES = ("labels", "run_id", "data_root")
 
 
 def identity(cfg: dict) -> dict:
-    """The fields that decide what is trained; teachers enter through their own ids, weights files
-    (pretrained teachers, the student's init) through their checksums."""
+    """The fields that decide what is trained; teachers and an init run enter through their own ids,
+    weights files (pretrained teachers, the student's init) through their checksums."""
     ident = {k: v for k, v in cfg.items() if k not in IDENTITY_EXCLUDES and k != "teachers"}
     ident["teachers"] = [t.get("run_id") or {"pretrained": t["pretrained"]["sha256"]} for t in cfg["teachers"]]
     if cfg.get("init"):
-        ident["init"] = {"pretrained": cfg["init"]["sha256"]}
+        ident["init"] = cfg["init"].get("run_id") or {"pretrained": cfg["init"]["sha256"]}
     return ident
+
+
+def upstream(cfg: dict) -> list[dict]:
+    """The runs `cfg` needs finished before it trains: its teachers' runs and the run its student starts
+    from (pretrained files are not runs)."""
+    init = cfg.get("init")
+    return [t for t in cfg["teachers"] if "run_id" in t] + ([init] if init and "run_id" in init else [])
+
+
+def walk(cfgs) -> typing.Iterator[dict]:
+    """Every config of a run graph, each run's upstream runs after it (a run shared by several appears
+    once per path)."""
+    for cfg in cfgs:
+        yield cfg
+        yield from walk(upstream(cfg))
 
 
 def run_id(cfg: dict) -> str:
@@ -317,6 +342,9 @@ def from_dict(cls, data, where: str = "config"):
             value = [_teacher(v, f"{where}.teachers[{i}]") for i, v in enumerate(value or [])]
             kwargs[key] = value
             continue
+        if key == "init" and value is not None:  # a weights file (it has a path) or another run's spec
+            kwargs[key] = _teacher(value, f"{where}.init")
+            continue
         kwargs[key] = _convert(value, tp, f"{where}.{key}")
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
@@ -365,7 +393,10 @@ def validate(spec: ExperimentSpec, where: str = "config") -> None:
     if spec.lr_scaling not in ("none", "linear"):
         raise ConfigError(f"{where}.lr_scaling must be none or linear, got '{spec.lr_scaling}'")
     if spec.init is not None:
-        _validate_pretrained(spec.init, f"{where}.init")
+        if isinstance(spec.init, Pretrained):
+            _validate_pretrained(spec.init, f"{where}.init")
+        else:
+            validate(spec.init, f"{where}.init")
         if spec.init.model != spec.model:
             raise ConfigError(f"{where}.init.model is '{spec.init.model}' but the student is '{spec.model}'; "
                               f"init weights must be the student's architecture")
@@ -373,8 +404,9 @@ def validate(spec: ExperimentSpec, where: str = "config") -> None:
         raise ConfigError(f"{where}.preprocess must be standard or zca, got '{spec.preprocess}'")
     if spec.preprocess == "zca" and data.kind != "tensor":
         raise ConfigError(f"{where}.preprocess: zca applies to CIFAR-shaped datasets, not {spec.dataset}")
-    for name, phase in [("train", spec.train)] + [(f"stages.{k}", v) for k, v in spec.stages.items()]:
-        _validate_phase(phase, f"{where}.{name}")
+    _validate_phase(spec.train, f"{where}.train")
+    for k, phase in spec.stages.items():  # a stage override may skip its stage (length 0)
+        _validate_phase(phase, f"{where}.stages.{k}", skippable=True)
     method = METHODS.get(spec.method)
     unknown = sorted(set(spec.method_args) - set(method.defaults))
     if unknown:
@@ -435,9 +467,12 @@ def _validate_pretrained(p: Pretrained, where: str) -> None:
         raise ConfigError(f"{where}.num_classes must be >= 1, got {p.num_classes}")
 
 
-def _validate_phase(phase: Phase, where: str) -> None:
+def _validate_phase(phase: Phase, where: str, skippable: bool = False) -> None:
+    if skippable and phase.length == 0:
+        return
     if not phase.length > 0:
-        raise ConfigError(f"{where}.length must be > 0, got {phase.length}")
+        zero = "; 0 skips a stage, under stages only" if not skippable else ", or 0 to skip the stage"
+        raise ConfigError(f"{where}.length must be > 0, got {phase.length}{zero}")
     if phase.unit not in UNITS:
         raise ConfigError(f"{where}.unit must be epoch or iter, got '{phase.unit}'")
     o = phase.optim

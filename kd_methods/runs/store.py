@@ -35,7 +35,7 @@ from ..errors import ResultsDamaged
 
 RUNS_COLUMNS = ["run_id", "paper", "table", "label", "dataset", "model", "method", "seed", "budget", "epochs",
                 "top1_err", "top5_err", "best_top1_err", "wall_s", "config_hash", "status", "device",
-                "finished_at", "extra", "teachers"]
+                "finished_at", "extra", "teachers", "init"]   # teachers, init: the run ids it learnt from / started from
 # results/<paper>/curves.csv: the per-epoch rows (metrics.csv, less its timings) of every run in runs.csv
 # and of its teachers, once per run: what the plots draw, so results/ re-renders without runs/.
 CURVES_LEAD = ["run_id", "epoch", "stage", "stage_epoch", "stage_iteration"]

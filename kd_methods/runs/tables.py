@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .spec import NEEDS_REAL_DATA, ExperimentSpec, get_budget, resolve
+from .spec import NEEDS_REAL_DATA, ExperimentSpec, get_budget, resolve, walk
 
 
 @dataclass
@@ -156,10 +156,9 @@ def plan_cells(paper: Paper, budget: str, data: str, data_root: str, tables=None
 
 def missing_inputs(cfgs: list[dict], data_root: str) -> str:
     """Why runs `cfgs` (and their teachers) cannot run here: datasets or weights files not present."""
-    missing = sorted({c["dataset"] for c in _all_configs(cfgs)
+    missing = sorted({c["dataset"] for c in walk(cfgs)
                       if c["dataset"] in NEEDS_REAL_DATA and not dataset_available(c["dataset"], data_root)})
-    weights = sorted({t["pretrained"]["path"] for c in _all_configs(cfgs) for t in c["teachers"]
-                      if "pretrained" in t and not Path(t["pretrained"]["path"]).is_file()})
+    weights = sorted({path for c in walk(cfgs) for path in _weights_files(c) if not Path(path).is_file()})
     reasons = []
     if missing:
         reasons.append(f"needs {', '.join(missing)} under {data_root}/ (not present)")
@@ -168,7 +167,8 @@ def missing_inputs(cfgs: list[dict], data_root: str) -> str:
     return "; ".join(reasons)
 
 
-def _all_configs(cfgs):
-    for c in cfgs:
-        yield c
-        yield from _all_configs([t for t in c["teachers"] if "run_id" in t])
+def _weights_files(cfg: dict) -> list[str]:
+    """The weights files a run reads: pretrained teachers and an init file."""
+    init = cfg.get("init")
+    return ([t["pretrained"]["path"] for t in cfg["teachers"] if "pretrained" in t]
+            + ([init["path"]] if init and "path" in init else []))
