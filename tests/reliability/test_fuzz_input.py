@@ -104,6 +104,7 @@ def reached(monkeypatch):
     import kd_methods.bench
     import kd_methods.data
     import kd_methods.report
+    import kd_methods.runs.executors
     import kd_methods.runs.runner
 
     calls = []
@@ -113,6 +114,7 @@ def reached(monkeypatch):
         return dict(top1_err=50.0, best_top1_err=50.0, top5_err=10.0, epochs=1)
 
     monkeypatch.setattr(kd_methods.runs.runner, "execute", fake_execute)
+    monkeypatch.setattr(kd_methods.runs.executors, "execute", fake_execute)  # the sequential executor's
     monkeypatch.setattr(kd_methods.report, "render_paper", lambda *a, **k: calls.append(("render",)))
     monkeypatch.setattr(kd_methods.report, "render_all", lambda *a, **k: calls.append(("render",)))
     monkeypatch.setattr(kd_methods.bench, "main", lambda **k: calls.append(("bench",)) or 0)
@@ -289,9 +291,9 @@ def argument_lists(draw):
 @fuzz(200)
 @given(argv=argument_lists())
 def test_random_argument_lists_run_or_fail_with_one_line(reached, monkeypatch, argv):
-    import kd_methods.runs.preflight
+    import kd_methods.runs.reproduce
     if argv[0] == "reproduce":  # a whole paper's models: real preflight would take seconds per example
-        monkeypatch.setattr(kd_methods.runs.preflight, "preflight", lambda cfgs: len(list(cfgs)))
+        monkeypatch.setattr(kd_methods.runs.reproduce, "preflight", lambda cfgs: len(list(cfgs)))
     with world() as root:
         (root / "cifar.yaml").write_text(yaml.safe_dump(dict(TINY, dataset="cifar10")))
         before = snapshot(root)
