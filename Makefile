@@ -23,11 +23,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
+TEST_WORKERS ?= 2   # pytest-xdist processes (one per core; a test module stays on one worker)
+
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 smoke: install
 	$(KD) run configs/scratch_resnet20_synthetic.yaml --budget paper --data synthetic

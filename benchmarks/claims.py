@@ -78,7 +78,9 @@ PROTOCOL_NOTES = [
     f"AT/FT/L1), {SEEDS} for the others (seeds 0..n-1); the arms of a claim are paired by seed. Students of a generation "
     f"(sFEED's Stack-2, the tolerant lineages' generation 1) train with their parent's seed + {GENERATION_SEED}, "
     f"and pFEED's teachers with seeds {FEED_TEACHER_SEEDS}, so no network starts from its teacher's "
-    "initialisation. The teachers (ResNet-26, the maxout network) are one run each, shared by every student.",
+    "initialisation. The teachers (ResNet-26, the maxout network) are one run each, shared by every student. "
+    "`kd-bench reproduce claims --seeds N` trains the first N seeds of every arm; each comparison's n is the "
+    "number of pairs it had.",
     "Networks: ResNet-26 -> ResNet-8 is the FSP paper's CIFAR-10 pair (equal channels 16/32/64 at every section, "
     "as FSP needs); KD, AT, FT and L1 use the same pair. DML's mixed cohort pairs ResNet-8 with ResNet-14 "
     "(a deeper net of the same family: MobileNet or a WRN, as in the DML paper, would cost more than this "

@@ -3,8 +3,9 @@ import os
 import pytest
 import torch
 
-# Two cores: keep the tests on one intra-op thread each so results are reproducible and xdist-free.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# At most two intra-op threads; one under pytest-xdist (`make test` runs a worker per core), so the
+# workers do not fight over the cores.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture

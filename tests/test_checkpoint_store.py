@@ -90,7 +90,7 @@ def test_curves_are_kept_once_per_run_beside_the_rows(tmp_path):
 
 
 @pytest.mark.parametrize("damage, what", [
-    (lambda raw: raw + b"x,y\n", "line 3 is damaged (2 fields where the header has 20)"),
+    (lambda raw: raw + b"x,y\n", "line 3 is damaged (2 fields where the header has 21)"),
     (lambda raw: raw.replace(b",,10,", b",,ten,"), "line 2 is damaged (top1_err is 'ten', not a number)"),
     (lambda raw: raw.replace(b"run_id,", b"id,", 1), "line 1 is damaged (no header naming its columns)"),
     (lambda raw: raw + b"b,\xff\n", "line 3 is damaged (byte 0xff is not UTF-8 text)"),
