@@ -169,6 +169,27 @@ def test_cli_reports_sigterm_in_one_line_and_exits_143(monkeypatch, capsys):
 
 
 # -- two processes ---------------------------------------------------------------------------------
+# The end of every two-rank script: both ranks hold the same parameters of `d`, and each says so in a file
+# of its own (both ranks share torchrun's stdout, where their lines can interleave).
+RANKS_AGREE = """
+flat = torch.cat([p.detach().flatten() for p in d.parameters()])
+gathered = [torch.zeros_like(flat) for _ in range(2)]
+tdist.all_gather(gathered, flat)
+assert torch.equal(gathered[0], gathered[1]), "ranks disagree"
+with open(f"{__file__}.rank{dist.rank()}", "w") as f:
+    f.write("ok")
+dist.shutdown()
+"""
+
+
+def run_on_two_ranks(script: Path, text: str) -> None:
+    """Write `text` to `script`, run it under torchrun on 2 ranks, and check both ranks finished."""
+    script.write_text(text)
+    proc = subprocess.run(torchrun(str(script)), env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [script.with_name(f"{script.name}.rank{r}").read_text() for r in (0, 1)] == ["ok", "ok"]
+
+
 UNUSED = """
 import torch, torch.distributed as tdist
 from kd_methods.engine import distributed as dist
@@ -195,27 +216,14 @@ for stage in d.stages():
         assert d.student.fc.weight.grad is None and torch.equal(d.student.fc.weight, fc), "fc was touched"
     else:
         assert not torch.equal(d.student.fc.weight, fc)
-flat = torch.cat([p.detach().flatten() for p in d.parameters()])
-gathered = [torch.zeros_like(flat) for _ in range(2)]
-tdist.all_gather(gathered, flat)
-assert torch.equal(gathered[0], gathered[1]), "ranks disagree"
-# one file per rank: both ranks share torchrun's stdout, where their lines can interleave
-with open(f"{__file__}.rank{dist.rank()}", "w") as f:
-    f.write("ok")
 del step  # a DDP reducer still alive when the group is destroyed can abort the process at exit
-dist.shutdown()
-"""
+""" + RANKS_AGREE
 
 
 @pytest.mark.slow
 def test_a_stage_that_leaves_parameters_unused_trains_under_ddp(tmp_path):
     """FSP's stage 1 never reaches the classifier: DDP must neither fail nor touch it (no weight decay)."""
-    (tmp_path / "unused.py").write_text(UNUSED)
-    proc = subprocess.run(torchrun(str(tmp_path / "unused.py")), env=ENV, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    script = tmp_path / "unused.py"
-    assert [(tmp_path / f"{script.name}.rank{r}").read_text() for r in (0, 1)] == ["ok", "ok"]
+    run_on_two_ranks(tmp_path / "unused.py", UNUSED)
 
 
 SEQUENTIAL = """
@@ -250,26 +258,15 @@ for i in range(3):
     train_step(ref_steps, ref, ref_opt, x, y, ctx)
 for a, b in zip(d.parameters(), ref.parameters()):
     assert torch.allclose(a, b, atol=1e-5), "two ranks' sequential updates are not the one-process ones"
-flat = torch.cat([p.detach().flatten() for p in d.parameters()])
-gathered = [torch.zeros_like(flat) for _ in range(2)]
-tdist.all_gather(gathered, flat)
-assert torch.equal(gathered[0], gathered[1]), "ranks disagree"
-with open(f"{__file__}.rank{dist.rank()}", "w") as f:
-    f.write("ok")
 del steps
-dist.shutdown()
-"""
+""" + RANKS_AGREE
 
 
 @pytest.mark.slow
 def test_sequential_updates_under_ddp_match_one_process(tmp_path):
     """DML's sequential order: one DDP wrapper per update, each averaging only its own network's gradients;
     three steps on 2 ranks x 4 images equal three steps on one process with the 8."""
-    script = tmp_path / "sequential.py"
-    script.write_text(SEQUENTIAL)
-    proc = subprocess.run(torchrun(str(script)), env=ENV, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert [(tmp_path / f"{script.name}.rank{r}").read_text() for r in (0, 1)] == ["ok", "ok"]
+    run_on_two_ranks(tmp_path / "sequential.py", SEQUENTIAL)
 
 
 def _rank_pid(launcher: subprocess.Popen, rank: int) -> int:
