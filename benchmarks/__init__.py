@@ -45,11 +45,9 @@ def reproduce(key: str, budget: str = "paper", data: str = "auto", data_root: st
     from kd_methods.errors import RunsFailed
     from kd_methods.runs.reproduce import reproduce as train
     from kd_methods.runs.runner import RunContext
-    from kd_methods.runs.store import check_results
 
     ctx = ctx or RunContext()
     paper = get_paper(key)
-    check_results(ctx.results_dir, paper.key)  # a damaged runs.csv stops before any training
 
     def render():
         if dist.is_main():  # under torchrun every rank trains, rank 0 writes

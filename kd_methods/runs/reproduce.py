@@ -14,7 +14,7 @@ from .executors import Sequential
 from .graph import RunGraph
 from .preflight import preflight
 from .runner import RunContext
-from .store import append_results_row
+from .store import append_results_row, check_results
 from .tables import Paper, cell_label, plan_cells
 
 # The exit code of each kind of failure (README "Exit codes"); the gravest (lowest but 0) wins.
@@ -27,6 +27,7 @@ def reproduce(paper: Paper, budget: str = "paper", data: str = "auto", data_root
     """Train every missing run of `paper`'s tables (or of `tables`); returns the run graph. `costs`:
     run id -> FLOPs from the plan (or a function returning them), for an executor's ETA."""
     ctx = ctx or RunContext()
+    check_results(ctx.results_dir, paper.key)  # a damaged runs.csv stops before any training
     planned = plan_cells(paper, budget, data, data_root, tables, seeds)
     runnable = [p for p in planned if not p[3]]
     preflight(cfg for _, _, cfgs, _ in runnable for cfg in cfgs)
