@@ -232,3 +232,29 @@ def test_a_weights_file_starts_every_network_of_its_architecture_in_a_cohort(tmp
     saved = torch.load(ctx.store.dir(cfg["run_id"]) / "model.pt", weights_only=True)["models"]
     for net in ("net1", "net2"):
         assert torch.allclose(saved[net]["conv1.weight"], source.conv1.weight, atol=1e-9), net
+
+
+@pytest.mark.parametrize("order", ["sequential", "simultaneous"])
+def test_a_dml_network_without_its_mimicry_term_trains_exactly_as_it_does_alone(tmp_path, monkeypatch, order):
+    """Everything DML adds to network 1's training is its mimicry term: with the term zeroed, network 1
+    of a pair follows the scratch run step for step (same init, batches, schedule, momentum, weight decay
+    and batch-norm statistics) in either update order. Catches an engine that steps a network twice a
+    batch, decays or moves a network outside its own update, or counts a batch twice in its statistics
+    (the checks behind the real-data DML finding in benchmarks/claims.py)."""
+    from kd_methods.engine import trainer
+    from kd_methods.methods.dml import DML
+
+    monkeypatch.setattr(DML, "mimicry", lambda self, logits, others: logits.sum() * 0.0)
+    opts = EngineOptions(device="cpu", progress=False, amp=False)
+    optim = Optim(lr=0.05, momentum=0.9, weight_decay=5e-4, milestones=[1])
+    (tmp_path / "alone").mkdir(), (tmp_path / "pair").mkdir()
+    alone = trainer.train_run(resolve(tiny(train=Phase(length=2, optim=optim))), tmp_path / "alone", [], opts)
+    pair = trainer.train_run(resolve(tiny(method="dml", train=Phase(length=2, optim=optim),
+                                          method_args=dict(peers=["cifar_resnet8"], update_order=order))),
+                             tmp_path / "pair", [], opts)
+    want, got = alone["models"]["student"], pair["models"]["net1"]
+    assert want.keys() == got.keys()
+    for name in want:
+        assert torch.allclose(got[name].float(), want[name].float(), atol=1e-5), name
+    # the peer did train: a pair whose second network stood still would pass the check above too
+    assert not torch.allclose(pair["models"]["net2"]["conv1.weight"], got["conv1.weight"])
