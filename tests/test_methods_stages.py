@@ -471,11 +471,13 @@ def test_tolerant_tsd_anchor_label_is_a_named_assumed_variant():
         build_method("tolerant", model("cifar_resnet8"), num_classes=NC, tsd_anchor="primary")
 
 
-@pytest.mark.parametrize("anchor", ["top", "label"])
-def test_tsd_default_eta_and_k_leave_point_eight_on_the_label_under_either_anchor(anchor):
+@pytest.mark.parametrize("anchor,k", [("top", 5), ("label", 5), ("top", 3)])
+def test_tsd_default_eta_leaves_point_eight_on_the_label_for_any_k_under_either_anchor(anchor, k):
     """The eta/K note's derivation, found numerically: one image's CE + eta * TSD is smallest at
-    p_y = (K-1)/(eta*K) = 0.8 with the label ranked first, whichever score the gap starts from."""
-    d = build_method("tolerant", model("cifar_resnet8"), num_classes=100, tsd_anchor=anchor)
+    p_y = (K-1)/(eta*K) = 0.8 with the label ranked first, whichever score the gap starts from, and at a
+    K other than the default (a fixed eta = 1 would leave 0.67 at K = 3)."""
+    d = build_method("tolerant", model("cifar_resnet8"), num_classes=100, tsd_anchor=anchor, k=k)
+    assert d.eta == pytest.approx((k - 1) / (0.8 * k))
     z = (torch.randn(1, 100, generator=torch.Generator().manual_seed(3)) * 3).requires_grad_()
     y = torch.tensor([7])
     opt = torch.optim.Adam([z], lr=0.2)
@@ -491,12 +493,14 @@ def test_tsd_default_eta_and_k_leave_point_eight_on_the_label_under_either_ancho
         torch.set_num_threads(threads)
     p = z.detach().softmax(1)[0]
     assert p.argmax() == 7 and abs(float(p[7]) - 0.8) < 2e-3
-    assert float(p.sort(descending=True).values[:5].sum()) > 0.99  # the rest on at most K-1 = 4 classes
+    assert float(p.sort(descending=True).values[:k].sum()) > 0.99  # the rest on at most K-1 classes
 
 
 def test_tolerant_hyperparameters():
     d = build_method("tolerant", model("cifar_resnet8"), num_classes=NC, term="ls", eta=0.7)
     assert d.eta == 0.7
+    assert build_method("tolerant", model("cifar_resnet8"), num_classes=NC, k=4, eta=0.9).eta == 0.9
+    assert build_method("tolerant", model("cifar_resnet8"), num_classes=NC, k=4, eta={"tsd": 2.0}).eta == 2.0
     assert build_method("tolerant", model("cifar_resnet8"), num_classes=NC, term="cp").eta == 0.2
     with pytest.raises(ConfigError, match="term"):
         build_method("tolerant", model("cifar_resnet8"), num_classes=NC, term="tds")

@@ -93,3 +93,17 @@ def test_teachers_load_as_specs_or_pretrained_files():
     s = from_dict(ExperimentSpec, {"model": "cifar_resnet20", "method": "kd", "teachers": [
         {"model": "cifar_resnet56"}, {"model": "resnet34", "path": "w.pt", "sha256": "ab" * 32}]})
     assert isinstance(s.teachers[0], ExperimentSpec) and isinstance(s.teachers[1], Pretrained)
+
+
+def test_a_mapping_hyperparameter_takes_numbers_or_its_defaults_own_value():
+    """The tolerant method's eta maps terms to numbers, with 'auto' (derived from K) as TSD's default:
+    a number for any term, or 'auto' where it is the default, validates; another word does not."""
+    def tolerant(eta):
+        return resolve(ExperimentSpec(model="cifar_resnet8", method="tolerant", method_args={"eta": eta}))
+
+    assert tolerant({"tsd": 0.9})["method_args"]["eta"] == {"tsd": 0.9}
+    assert tolerant({"tsd": "auto", "ls": 0.3})["method_args"]["eta"]["ls"] == 0.3
+    with pytest.raises(ConfigError, match=r"eta\.ls"):
+        tolerant({"ls": "auto"})
+    with pytest.raises(ConfigError, match=r"eta\.tsd"):
+        tolerant({"tsd": "strong"})

@@ -29,14 +29,17 @@ from .base import METHODS, Distiller, Hyper, StepContext
 
 TERMS = ("none", "tsd", "ls", "cp")
 
+LABEL_MASS = 0.8  # what each default eta leaves on the label where one image's loss is smallest
 _ETA_NOTE = ("not available to us. Per term, chosen so that one image's loss CE + eta*term is smallest with "
-             "0.8 left on its label on CIFAR-100 (100 classes): tsd with K=5 leaves p_y = (K-1)/(eta*K) = 0.8 "
-             "and the other 0.2 on at most K-1 classes (how it is split leaves the loss unchanged); any eta "
-             "below (K-1)/K = 0.8 leaves the minimiser one-hot. Re-derived for the paper's form (the gap from "
-             "the highest score): the minimiser ranks the label first, so both anchors give this same value "
-             "(a test finds it numerically). ls 0.25 is label smoothing with epsilon 0.2 (p_y 0.80); cp 0.2 "
-             "gives p_y 0.82. A number instead of this mapping applies to whichever term is chosen")
-_ETA_DEFAULT = {"tsd": 1.0, "ls": 0.25, "cp": 0.2}
+             "0.8 left on its label: tsd 'auto' is eta = (K-1)/(0.8*K), which leaves p_y = (K-1)/(eta*K) = 0.8 "
+             "and the other 0.2 on at most K-1 classes (how it is split leaves the loss unchanged) for any K "
+             "(1.0 at the default K = 5; a fixed eta would make a smaller K more tolerant: eta 1 at K = 3 "
+             "leaves 0.67); any eta below (K-1)/K leaves the minimiser one-hot. Derived for the paper's form "
+             "(the gap from the highest score): the minimiser ranks the label first, so both anchors give this "
+             "same value (a test finds it numerically). ls 0.25 is label smoothing with epsilon 0.2 on "
+             "CIFAR-100 (p_y 0.80); cp 0.2 gives p_y 0.82. A number instead of this mapping applies to "
+             "whichever term is chosen")
+_ETA_DEFAULT = {"tsd": "auto", "ls": 0.25, "cp": 0.2}
 _K_NOTE = ("not available to us; 5 = the number of fine classes in each CIFAR-100 superclass, the natural "
            "count of semantically plausible classes, primary included")
 _ANCHOR = Hyper("top", "paper", "the TSD gap runs from the highest score f_{a_1}, 'f_{a_k} being the k-th largest "
@@ -61,12 +64,14 @@ class _Tolerance(Distiller):
         if self.hp["tsd_anchor"] not in TSD_ANCHORS:
             raise ConfigError(f"{self.name}: tsd_anchor must be one of {', '.join(TSD_ANCHORS)} (top: the "
                               f"paper's form), got {self.hp['tsd_anchor']!r}")
-        self.eta = self._resolve_eta(self.hp["eta"], term)
+        self.eta = self._resolve_eta(self.hp["eta"], term, k)
 
-    def _resolve_eta(self, eta: Any, term: str) -> float:
+    def _resolve_eta(self, eta: Any, term: str, k: int) -> float:
         if term == "none":
             return 0.0
         value = eta.get(term) if isinstance(eta, dict) else eta
+        if term == "tsd" and value == "auto":  # the label keeps LABEL_MASS: p_y = (K-1)/(eta*K)
+            return (k - 1) / (LABEL_MASS * k)
         if not isinstance(value, (int, float)) or value < 0:
             raise ConfigError(f"{self.name}: eta for term '{term}' must be a number >= 0, got {value!r}")
         return float(value)

@@ -450,9 +450,11 @@ def _check_hyper(value, default, where: str) -> None:
         _convert(value, Union[str, list[str]], where)
     elif isinstance(default, (tuple, list)):
         _convert(value, list[type(default[0]) if default else Any], where)
-    elif isinstance(default, dict):
+    elif isinstance(default, dict):  # its entries' kind is that of its numbers; a default's own value
+        kinds = [d for d in default.values() if not isinstance(d, str)] or list(default.values())  # ('auto') too
         for k, v in _convert(value, dict[str, Any], where).items():
-            _check_hyper(v, next(iter(default.values())) if default else v, f"{where}.{k}")
+            if v != default.get(k):
+                _check_hyper(v, kinds[0] if kinds else v, f"{where}.{k}")
     elif default is None and value is not None:
         if not (isinstance(value, (list, tuple)) and value
                 and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2 ** 16 for v in value)):
