@@ -123,6 +123,8 @@ def test_the_report_shows_the_interval_and_a_verdict_only_for_real_runs(tmp_path
     assert "paper:" not in text   # a table of our own: no paper column
     line = next(line for line in text.splitlines() if line.startswith("| KD beats alone"))
     assert ("**holds**" in line) == testable and ("smoke/synthetic: not a test" in line) == (not testable)
+    # each arm's mean ± sample std by hand: kd 11.0, 11.6, 10.7 -> 11.10 ± 0.46; alone 12.0, 12.5, 11.8 -> 12.10 ± 0.36
+    assert "| kd: 11.10 ± 0.46 | alone: 12.10 ± 0.36 |" in line
 
 
 # -- the benchmark's declaration ----------------------------------------------------------------------------
