@@ -175,7 +175,11 @@ def test_real_data_at_the_benchmark_budget_and_synthetic_at_smoke(paper, tmp_pat
     assert {c["test_subset"] for c in cfgs} == {None}     # scored on the whole test set
     # students learn from the subset; the teachers (and only they) from every training image
     students = [c for c in cfgs if c["teachers"]]
-    assert {c["train_subset"] for c in students} == {claims.TRAIN_IMAGES}
+    assert {c["train_subset"] for c in students} == {claims.TRAIN_IMAGES, claims.FIT_IMAGES}
+    fitting = [(t.key, c) for t, _, cs, _ in plan(paper, "paper", "auto", str(tmp_path)) for c in cs
+               if c["train_subset"] == claims.FIT_IMAGES]  # the fitting-regime tables' runs
+    assert {key for key, _ in fitting} == {"dml_fitting", "tolerant_fitting"}
+    assert {c["train"]["length"] for _, c in fitting} == {claims.FIT_EPOCHS}
     assert {t["model"] for c in students for t in c["teachers"] if t["train_subset"] is None} == {
         claims.TEACHER, "fitnets_mnist_teacher"}
 
