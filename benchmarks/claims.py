@@ -135,8 +135,11 @@ def student(method: str, stages=None, n: int = MORE_SEEDS, **method_args) -> lis
     return over_seeds(lambda s: spec(STUDENT, method, [teacher()], s, stages, **method_args), n)
 
 
+ERR = "error (%)"
+
+
 def arm(row: str, specs: list[ExperimentSpec], metric: str = "top1_err") -> Cell:
-    return Cell(row, "error (%)", specs, metric=metric)
+    return Cell(row, ERR, specs, metric=metric)
 
 
 def table(key: str, title: str, cells: list[Cell], comparisons: list[Comparison], notes=()) -> Table:
@@ -236,14 +239,14 @@ def dml_fitting() -> Table:
                       Cell(rows[f"{key}{k}"], ce, specs, f"train_loss_ce_net{k}")]
     return table("dml_fitting", f"DML where the networks fit their images ({FIT_IMAGES:,} images, {FIT_EPOCHS} "
                                 f"epochs): is the dml table's reversal the regime?", cells,
-                 [Comparison("Algorithm 1's order: net 1 beats training alone", rows["a1"], rows["alone"]),
-                  Comparison("Algorithm 1's order: net 2 beats training alone", rows["a2"], rows["alone"]),
-                  Comparison("One forward pass: net 1 beats training alone", rows["p1"], rows["alone"]),
-                  Comparison("One forward pass: net 2 beats training alone", rows["p2"], rows["alone"]),
-                  Comparison("Algorithm 1's order beats one forward pass: net 1", rows["a1"], rows["p1"]),
-                  Comparison("Algorithm 1's order beats one forward pass: net 2", rows["a2"], rows["p2"])],
+                 [Comparison("Algorithm 1's order: net 1 beats training alone", rows["a1"], rows["alone"], col=ERR),
+                  Comparison("Algorithm 1's order: net 2 beats training alone", rows["a2"], rows["alone"], col=ERR),
+                  Comparison("One forward pass: net 1 beats training alone", rows["p1"], rows["alone"], col=ERR),
+                  Comparison("One forward pass: net 2 beats training alone", rows["p2"], rows["alone"], col=ERR),
+                  Comparison("Algorithm 1's order beats one forward pass: net 1", rows["a1"], rows["p1"], col=ERR),
+                  Comparison("Algorithm 1's order beats one forward pass: net 2", rows["a2"], rows["p2"], col=ERR)],
                  [f"The first {FIT_IMAGES:,} training images in class-balanced order, {FIT_EPOCHS} epochs (the dml "
-                  f"table's number of steps), otherwise the dml table's protocol; the comparisons use the error "
+                  f"table's number of steps), otherwise the dml table's protocol; the comparisons compare the error "
                   f"column."])
 
 
@@ -306,7 +309,7 @@ def tolerant_fitting() -> Table:
     return table("tolerant_fitting", f"Tolerant teacher where the networks fit their images ({FIT_IMAGES:,} images, "
                                      f"{FIT_EPOCHS} epochs): is the tolerant table's result the regime?", cells,
                  [Comparison("A TSD patriarch teaches a better generation 1 than a strict one", rows["g_tsd"],
-                             rows["g_strict"])],
+                             rows["g_strict"], col=ERR)],
                  [f"The dml_fitting table's regime ({FIT_IMAGES:,} images, {FIT_EPOCHS} epochs; its ResNet-8 alone "
                   f"is the strict patriarch), otherwise the tolerant table's protocol; the comparison uses the "
                   f"error column."])

@@ -60,6 +60,21 @@ def test_final_comparison_pairs_runs_by_seed_and_offset():
     assert c["verdict"] == "holds"
 
 
+def test_a_comparison_of_rows_with_several_cells_compares_the_column_it_names():
+    """The fitting tables give each arm an error and a training cross-entropy: a comparison names its column
+    (the error), and one that does not is refused with the row it could not decide on."""
+    summaries = _summaries(alone=[_row(s, 10.0) for s in range(3)], dml=[_row(s, 9.0 + s / 10) for s in range(3)])
+    ce = {(row, "training CE"): dict(cell=Cell(row, "training CE", [], "train_loss_ce"),
+                                     rows=[dict(r, extra='{"train_loss_ce": 0.5}') for r in s_["rows"]])
+          for (row, _), s_ in summaries.items()}
+    both = {**summaries, **ce}
+    c = compare(Comparison("c", "dml", "alone", col="error (%)"), both, metric_value, lambda _: [])
+    assert c["diff"] == pytest.approx(0.9) and c["than_mean"] == pytest.approx(10.0)
+    assert compare(Comparison("c", "dml", "alone", col="training CE"), both, metric_value, lambda _: [])["diff"] == 0
+    with pytest.raises(KeyError, match="name a column"):
+        compare(Comparison("c", "dml", "alone"), both, metric_value, lambda _: [])
+
+
 def test_other_metrics_are_read_from_the_extra_column():
     summaries = _summaries(alone=[_row(s, 10.0) for s in range(3)],
                            net2=[dict(_row(s, 50.0), extra=f'{{"net2_top1_err": {9.0 - s / 10}}}') for s in range(3)])
@@ -139,8 +154,10 @@ def test_every_comparison_names_rows_of_its_table_and_every_arm_has_the_seeds(pa
         assert table.comparisons and not table.paper_values
         for comp in table.comparisons:
             assert {comp.better, comp.than} <= rows, (table.key, comp)
-            better = next(c for c in table.cells if c.row == comp.better)
-            than = next(c for c in table.cells if c.row == comp.than)
+            better, than = ([c for c in table.cells if c.row == row and comp.col in (None, c.col)]
+                            for row in (comp.better, comp.than))
+            assert len(better) == len(than) == 1, (table.key, comp)  # each side names exactly one cell
+            (better,), (than,) = better, than
             assert [s.seed - comp.seed_offset for s in better.specs] == [s.seed for s in than.specs], comp
             assert len(than.specs) in (claims.SEEDS, claims.MORE_SEEDS), comp
             assert [s.seed % claims.GENERATION_SEED for s in than.specs] == list(range(len(than.specs))), comp

@@ -41,10 +41,11 @@ def verdict(low: float | None, high: float | None) -> str:
     return HOLDS if low > 0 else REVERSED if high < 0 else INCONCLUSIVE
 
 
-def _cell_summary(summaries: dict, row: str) -> dict:
-    found = [s for (r, _), s in summaries.items() if r == row]
+def _cell_summary(summaries: dict, row: str, col: str | None) -> dict:
+    found = [s for (r, c), s in summaries.items() if r == row and col in (None, c)]
     if len(found) != 1:
-        raise KeyError(f"comparison names row {row!r}, which the table has {len(found)} times")
+        where = f"row {row!r}" + (f", column {col!r}" if col else " (name a column)")
+        raise KeyError(f"comparison names {where}, which the table has {len(found)} times")
     return found[0]
 
 
@@ -71,7 +72,7 @@ def iterations_to_reach(curve: list[dict], stage: str, metric: str, target: floa
 def compare(comparison, summaries: dict, metric_value: Callable, curve: Callable[[str], list[dict]]) -> dict:
     """One comparison's record: both arms' mean and sample std over the paired seeds, the paired
     difference's mean and 95% interval, n, the verdict, and a note (e.g. runs that never reached)."""
-    better, than = _cell_summary(summaries, comparison.better), _cell_summary(summaries, comparison.than)
+    better, than = (_cell_summary(summaries, row, comparison.col) for row in (comparison.better, comparison.than))
     b_runs, t_runs = _by_seed(better, metric_value), _by_seed(than, metric_value)
     pairs = [(t_runs[s], b_runs[s + comparison.seed_offset]) for s in sorted(t_runs)
              if s + comparison.seed_offset in b_runs]

@@ -33,7 +33,8 @@ class Comparison:
     kind "final": the difference is than's metric minus better's (errors: positive when better is lower),
     per seed. kind "iterations": how many fewer iterations of its stage `stage` better needs to reach than's
     final metric than than trained for. Run `s` of `than` pairs with the run of seed `s + seed_offset` of
-    `better` (a generation trained with a seed of its own still pairs with its parent's seed).
+    `better` (a generation trained with a seed of its own still pairs with its parent's seed). `col`: the
+    column compared, where the rows have several cells.
     """
     claim: str
     better: str
@@ -41,6 +42,7 @@ class Comparison:
     kind: str = "final"                 # final | iterations
     stage: str = "train"                # kind "iterations": the stage whose iterations count
     seed_offset: int = 0
+    col: str | None = None
 
 
 @dataclass
