@@ -8,6 +8,7 @@ import dataclasses
 import math
 
 import pytest
+import torch
 
 from benchmarks import Cell, Comparison, Paper, Table, claims, plan
 from benchmarks.core import cell_specs
@@ -227,3 +228,23 @@ def test_a_kd_arm_with_its_soft_term_weighted_0_is_never_called_better(workdir):
     curves = read_curves(workdir / "results" / "broken" / "curves.csv")
     (c,) = table_comparisons(table, table_summaries(table, rows, "paper"), curves)
     assert c["n"] == 3 and c["diff"] == 0.0 and c["verdict"] == "inconclusive"
+
+
+def test_the_fsp_diagnosis_rescales_convolutions_without_changing_what_the_network_computes():
+    """The premise of benchmarks/fsp_diagnosis.py: every convolution of the ResNet-8 feeds a batch norm, so
+    setting each convolution's weight norm back to its initial value leaves the training-mode output as it
+    was (only the effective step size of later training changes)."""
+    from benchmarks import fsp_diagnosis
+
+    inflated = fsp_diagnosis.fresh(0)
+    with torch.no_grad():
+        for i, m in enumerate(m for m in inflated.modules() if isinstance(m, torch.nn.Conv2d)):
+            m.weight.mul_(3.0 + i)  # a different inflation per layer, as FSP's stage 1 leaves them
+    init = fsp_diagnosis.conv_norms(fsp_diagnosis.fresh(0))
+    back = fsp_diagnosis.fresh(1)
+    back.load_state_dict(fsp_diagnosis.rescaled(inflated, init))
+    assert fsp_diagnosis.conv_norms(back) == pytest.approx(init, rel=1e-5)
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    inflated.train(), back.train()
+    with torch.no_grad():
+        assert torch.allclose(back(x), inflated(x), atol=1e-4)
