@@ -669,4 +669,5 @@ def test_every_paper_default_says_where_the_paper_states_it():
             if h.source == "paper":
                 assert where.search(h.note), f"{name}.{key}: {h.note!r}"
     assert sources("ban")["weight"] == "assumed" and sources("ft")["rate"] == "code"
-    assert sources("dml")["temperature"] == sources("dml")["update_order"] == "paper"
+    assert sources("dml")["temperature"] == "paper" and sources("dml")["update_order"] == "assumed"
+    assert METHODS.get("dml").defaults["update_order"].options["sequential"][0] == "paper"  # Algorithm 1
