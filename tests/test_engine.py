@@ -258,3 +258,38 @@ def test_a_dml_network_without_its_mimicry_term_trains_exactly_as_it_does_alone(
         assert torch.allclose(got[name].float(), want[name].float(), atol=1e-5), name
     # the peer did train: a pair whose second network stood still would pass the check above too
     assert not torch.allclose(pair["models"]["net2"]["conv1.weight"], got["conv1.weight"])
+
+
+def test_uniform_init_starts_the_student_from_u_minus_a_a_and_enters_the_run_id_only_when_set(tmp_path, monkeypatch):
+    """FitNets' MNIST protocol initialises every weight from U(-0.005, 0.005): `uniform_init: a` gives the
+    student that start (every conv and linear weight within [-a, a], spread like a uniform's a/sqrt(3),
+    biases 0), and leaves the ids of runs without it as they were."""
+    from kd_methods.engine import trainer
+    from kd_methods.models import create_model
+
+    first = {}
+
+    def keep_first_state(model, inputs):  # the weights as the first forward sees them: before any step
+        if "state" not in first:
+            first["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def create_and_watch(name, **kw):
+        model = create_model(name, **kw)
+        model.register_forward_pre_hook(keep_first_state)
+        return model
+
+    monkeypatch.setattr(trainer, "create_model", create_and_watch)
+    bound = 0.005
+    spec = tiny("fitnet_mnist", dataset="synthetic_mnist", train=Phase(length=1, optim=Optim(lr=0.01)),
+                uniform_init=bound)
+    trainer.train_run(resolve(spec), tmp_path, [], EngineOptions(device="cpu", progress=False, amp=False))
+    weights = [v for k, v in first["state"].items() if k.endswith("weight") and v.dim() > 1]
+    biases = [v for k, v in first["state"].items() if k.endswith("bias")]
+    assert weights and all(float(w.abs().max()) <= bound for w in weights)
+    spread = torch.cat([w.flatten() for w in weights]).std()
+    assert float(spread) == pytest.approx(bound / 3 ** 0.5, rel=0.05)
+    assert all(not b.any() for b in biases)
+    assert "uniform_init" not in resolve(tiny())
+    assert resolve(spec)["run_id"] != resolve(dataclasses.replace(spec, uniform_init=None))["run_id"]
+    with pytest.raises(ConfigError, match="uniform_init"):
+        resolve(dataclasses.replace(spec, uniform_init=0.0))

@@ -33,7 +33,7 @@ from torch import nn
 from ..data import DataConfig, build_data
 from ..errors import CheckpointError, ConfigError, NumericalFault
 from ..methods import StepContext, build_method
-from ..models import create_model
+from ..models import create_model, uniform_init
 from . import distributed as dist
 from .checkpoint import load_checkpoint, load_verified, save_atomic
 from .metrics import MetricsLog, evaluate, evaluate_retrieval
@@ -208,6 +208,8 @@ def train_run(cfg: dict, run_dir: Path, teachers: list[nn.Module], opts: EngineO
     seed_everything(cfg["seed"])
     data = build_data(data_config(cfg, dist.world_size()), device, rank=dist.rank(), world_size=dist.world_size())
     student = create_model(cfg["model"], num_classes=data.num_classes, in_chans=data.input_size[0])
+    if cfg.get("uniform_init"):
+        uniform_init(student, cfg["uniform_init"])
     if cfg.get("init") and "run_id" in cfg["init"]:
         student.load_state_dict(init_state)
     elif cfg.get("init"):

@@ -6,8 +6,9 @@ Importing this package registers ``cifar_resnet{8,14,20,26,32,56,110}``, ``cifar
 builds them.
 """
 from . import cifar_mobilenet, cifar_resnet, cifar_resnext, cifar_wrn, fitnets, fitnets_mnist  # noqa: F401  (registration)
+from ._base import uniform_init
 from .factory import count_parameters, create_model, input_channels, load_state_file, probe_input_size
 from .features import FeatureTap, feature_shapes, stage_points
 
-__all__ = ["create_model", "input_channels", "probe_input_size", "load_state_file", "count_parameters", "FeatureTap", "stage_points",
+__all__ = ["create_model", "uniform_init", "input_channels", "probe_input_size", "load_state_file", "count_parameters", "FeatureTap", "stage_points",
            "feature_shapes"]

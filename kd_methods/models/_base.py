@@ -32,6 +32,16 @@ def init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def uniform_init(model: nn.Module, bound: float) -> None:
+    """Every convolution and linear weight from U(-bound, bound), their biases 0 (FitNets' MNIST protocol:
+    "weights initialized from U(-0.005, 0.005)"); batch norm keeps its own."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.uniform_(m.weight, -bound, bound)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 class ClassifierNet(nn.Module):
     """Body -> global pool -> (dropout) -> fc, with the methods timm's tooling expects.
 

@@ -82,6 +82,8 @@ class ExperimentSpec:
     lr_scaling: str = "none"          # none: batch_size is global | linear: per rank, lr *= world_size (DDP)
     # Start the student from this weights file or from the student of this (finished) run; else a fresh init.
     init: Union[Pretrained, "ExperimentSpec", None] = None
+    # The student's fresh init: None, the model's own (Kaiming); a number a, every weight from U(-a, a).
+    uniform_init: Union[float, None] = None
     # Labels: where the run appears. Not part of the run's identity.
     paper: str = ""
     table: str = ""
@@ -207,6 +209,8 @@ def resolve(spec: ExperimentSpec, budget: Union[Budget, str] = "paper", data: st
         # network (a teacher, a probed model) mis-scales every layer and deep ones blow up; averaging
         # the batches seen instead gives them the statistics of what they trained on.
         cfg["bn_stats"] = "cumulative"
+    if spec.uniform_init is not None:  # only when set, so the ids of runs without one do not change
+        cfg["uniform_init"] = spec.uniform_init
     if isinstance(spec.init, Pretrained):  # only when set, so the ids of runs without one do not change
         cfg["init"] = dataclasses.asdict(spec.init)
     elif spec.init is not None:  # another run: a dependency of this one, like a teacher
@@ -372,6 +376,9 @@ def validate(spec: ExperimentSpec, where: str = "config") -> None:
         raise ConfigError(f"{where}.model: unknown model '{spec.model}'{closest(spec.model, timm.list_models())}")
     if spec.method not in METHODS:
         raise ConfigError(f"{where}.method: unknown method '{spec.method}'{closest(spec.method, METHODS)}")
+    if spec.uniform_init is not None and not 0 < spec.uniform_init < 1:
+        raise ConfigError(f"{where}.uniform_init is the bound a of U(-a, a), in (0, 1); got {spec.uniform_init!r} "
+                          f"(omit it for the model's own initialisation)")
     for key in ("train_subset", "test_subset"):
         if getattr(spec, key) is not None and getattr(spec, key) < 1:
             raise ConfigError(f"{where}.{key} must be >= 1 (or omitted), got {getattr(spec, key)}")
