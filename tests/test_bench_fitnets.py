@@ -3,7 +3,7 @@ import csv
 
 import pytest
 
-from benchmarks import cell_label, get_paper, reproduce
+from benchmarks import cell_label, fitnets, get_paper, reproduce
 from benchmarks.core import REFERENCES, load_references, plan
 from kd_methods.runs.preflight import walk
 from kd_methods.runs.spec import resolve
@@ -29,7 +29,7 @@ FITNET4 = "FitNet 4 (19 layers, ~2.5M params, HT + KD)"
 @pytest.mark.parametrize("budget", ["smoke", "short", "paper"])
 def test_every_cell_resolves_and_runs_everywhere(paper, budget):
     planned = plan(paper, budget, "auto", "data")
-    assert len(planned) == 2 + 2 + 2 + 4 + 5
+    assert len(planned) == 2 + 2 + 2 + 5 + 5
     student_seeds = {"smoke": 1, "short": 2, "paper": 3}[budget]   # Table 4's students; every other cell: 1
     for table, c, cfgs, why in planned:
         mnist_student = table.key == "table4" and c.row.startswith("FitNet")
@@ -41,7 +41,8 @@ def test_seeds_option_overrides_the_budget_cap(paper):
     counts = {(t.key, c.row): len(cfgs) for t, c, cfgs, _ in plan(paper, "short", "auto", "data", ["table4"], 3)}
     assert counts == {("table4", "Teacher (maxout, ~361K params)"): 1,
                       ("table4", "FitNet (~30K params), standard backprop"): 3,
-                      ("table4", "FitNet (~30K params), KD"): 3, ("table4", "FitNet (~30K params), HT + KD"): 3}
+                      ("table4", "FitNet (~30K params), KD"): 3, ("table4", "FitNet (~30K params), HT + KD"): 3,
+                      ("table4", f"FitNet (~30K params), {fitnets.PAPER_INIT_ROW}"): 3}
     # every seed's student is taught by the one teacher run
     teachers = {cfg["teachers"][0]["run_id"] for t, c, cfgs, _ in plan(paper, "short", "auto", "data", ["table4"], 3)
                 for cfg in cfgs if cfg["teachers"]}
@@ -53,7 +54,7 @@ def test_distinct_runs_of_the_graph(paper):
     # teacher and FitNet 4 are Table 1's).
     for budget, students in (("smoke", 1), ("paper", 3)):
         cfgs = [c for _, _, cs, _ in plan(paper, budget, "auto", "data") for c in cs]
-        assert len({c["run_id"] for c in walk(cfgs)}) == 2 + 2 + 2 + (1 + 3 * students) + 3
+        assert len({c["run_id"] for c in walk(cfgs)}) == 2 + 2 + 2 + (1 + 4 * students) + 3
 
 
 def test_smoke_swaps_in_synthetic_data(paper):
@@ -134,7 +135,7 @@ def test_reproduce_smoke_mnist_table(tmp_path):
     rows = read_results(tmp_path / "results" / "fitnets" / "runs.csv")
     finished = [r for r in rows if r["status"] == "finished"]
     assert {r["method"] for r in finished} == {"scratch", "kd", "fitnets"}
-    assert len({r["label"] for r in finished}) == 4
+    assert len({r["label"] for r in finished}) == 5
     assert all(r["dataset"] == "synthetic_mnist" for r in finished)
     report = (tmp_path / "results" / "fitnets" / "table4.md").read_text()
     lines = {line.split(" | ")[0].strip("|* "): line for line in report.splitlines() if line.startswith("| **")}
