@@ -103,9 +103,9 @@ def test_plan_lists_every_run_with_its_teachers_and_writes_nothing(workdir, caps
     plan = json.loads(capsys.readouterr().out)
     assert list(workdir.iterdir()) == []  # no runs/, no results/
     runs = {r["run_id"]: r for r in plan["runs"]}
-    teacher = next(r for r in runs.values() if not r["teachers"])
-    students = [r for r in runs.values() if r["teachers"]]
-    assert len(runs) == 4 and {r["status"] for r in runs.values()} == {"new"}
+    teacher = next(r for r in runs.values() if r["model"] == "fitnets_mnist_teacher")
+    students = [r for r in runs.values() if r["teachers"]]  # KD and HT + KD (the two scratch rows have none)
+    assert len(runs) == 5 and {r["status"] for r in runs.values()} == {"new"} and len(students) == 2
     assert students and all(r["waits_on"] == [teacher["run_id"]] for r in students)
     assert plan["totals"]["flops"] == pytest.approx(sum(r["flops"] for r in runs.values()))
     assert plan["critical_path"]["runs"][0] == teacher["run_id"] and len(plan["critical_path"]["runs"]) == 2

@@ -58,13 +58,13 @@ def test_a_ray_reproduction_equals_the_sequential_one(local_ray, tmp_path, one_t
     assert main(cli_args(tmp_path / "ray", "--executor", "ray", "--cpus-per-run", "1")) == 0
 
     seq, par = run_folders(tmp_path / "seq"), run_folders(tmp_path / "ray")
-    assert [d.name for d in seq] == [d.name for d in par] and len(seq) == 4  # teacher + 3 students
+    assert [d.name for d in seq] == [d.name for d in par] and len(seq) == 5  # teacher + 4 students
     for a, b in zip(seq, par):
         assert outcome(a) == outcome(b), a.name  # result.json and every epoch's metrics
     rows = rows_without_timing(tmp_path / "ray")
     assert rows == rows_without_timing(tmp_path / "seq")  # same rows, same order
     keys = [(r["run_id"], r["table"], r["label"]) for r in rows]
-    assert len(keys) == len(set(keys)) == 4 and all(r["status"] == "finished" for r in rows)
+    assert len(keys) == len(set(keys)) == 5 and all(r["status"] == "finished" for r in rows)
     assert (tmp_path / "ray" / "results" / "fitnets" / "table4.md").is_file()
 
     # No student started before its teacher finished: its folder was created after the teacher's result.
