@@ -64,8 +64,7 @@ def run(spec, ctx: RunContext, label: str) -> tuple[dict, torch.nn.Module]:
 
 def diagnose(seed: int, ctx: RunContext, weights_dir: Path) -> dict:
     teacher = claims.teacher()
-    _, scratch = run(claims.spec(claims.STUDENT, seed=seed), ctx, "scratch")
-    scratch_err = ctx.store.result(resolve(claims.spec(claims.STUDENT, seed=seed), "paper", data="real")["run_id"])
+    scratch_result, scratch = run(claims.spec(claims.STUDENT, seed=seed), ctx, "scratch")
     fsp_spec = claims.spec(claims.STUDENT, "fsp", [teacher], seed, {"fsp": claims.FSP_STAGE, "train": claims.PROTOCOL})
     fsp_result, fsp_final = run(fsp_spec, ctx, "FSP")
     _, stage1 = run(claims.spec(claims.STUDENT, "fsp", [teacher], seed, {"fsp": claims.FSP_STAGE, "train": SKIPPED}),
@@ -81,7 +80,7 @@ def diagnose(seed: int, ctx: RunContext, weights_dir: Path) -> dict:
                                         init=Pretrained(claims.STUDENT, str(path), sha, num_classes=10))
     rescaled_result, _ = run(rescaled_spec, ctx, "FSP stage 1 rescaled, then labels")
     return dict(seed=seed, init=init, stage1=after, scratch_final=conv_norms(scratch),
-                fsp_final=conv_norms(fsp_final), errors=dict(scratch=scratch_err["top1_err"],
+                fsp_final=conv_norms(fsp_final), errors=dict(scratch=scratch_result["top1_err"],
                                                                    fsp=fsp_result["top1_err"],
                                                                    rescaled=rescaled_result["top1_err"]))
 
