@@ -233,6 +233,16 @@ def fitting(method: str = "scratch", teachers=(), seed: int = 0, **method_args) 
     return spec(STUDENT, method, teachers, seed, train=FIT_PROTOCOL, images=FIT_IMAGES, **method_args)
 
 
+FIT_CE = "final training cross-entropy"
+
+
+def fitting_arm(row: str, specs: list[ExperimentSpec], net: int | None = None) -> list[Cell]:
+    """An arm of a fitting-regime table: its error and its final training cross-entropy, which shows
+    whether the network fit its images (`net`: network k of a DML cohort)."""
+    err, ce = ("top1_err", "train_loss_ce") if net is None else (f"net{net}_top1_err", f"train_loss_ce_net{net}")
+    return [arm(row, specs, err), Cell(row, FIT_CE, specs, ce)]
+
+
 def dml_fitting() -> Table:
     """The dml table's cohorts again where a ResNet-8 fits its training images: mutual learning is a
     regulariser (the paper: it finds wider minima), which can only pay where there is overfitting to
@@ -241,17 +251,16 @@ def dml_fitting() -> Table:
     def arms(method="scratch", **args):
         return over_seeds(lambda s: fitting(method, seed=s, **args))
 
-    r8, ce = NAMES[STUDENT], "final training cross-entropy"
+    r8 = NAMES[STUDENT]
     alone_, algorithm1 = arms(), arms("dml", peers=[STUDENT], update_order="sequential")
     one_pass = arms("dml", peers=[STUDENT], update_order="simultaneous")
     rows = {"alone": f"{r8} alone", "a1": f"{r8} pair, Algorithm 1's order (net 1)",
             "a2": f"{r8} pair, Algorithm 1's order (net 2)", "p1": f"{r8} pair, one forward pass (net 1)",
             "p2": f"{r8} pair, one forward pass (net 2)"}
-    cells = [arm(rows["alone"], alone_), Cell(rows["alone"], ce, alone_, "train_loss_ce")]
+    cells = fitting_arm(rows["alone"], alone_)
     for key, specs in (("a", algorithm1), ("p", one_pass)):
         for k in (1, 2):
-            cells += [arm(rows[f"{key}{k}"], specs, f"net{k}_top1_err"),
-                      Cell(rows[f"{key}{k}"], ce, specs, f"train_loss_ce_net{k}")]
+            cells += fitting_arm(rows[f"{key}{k}"], specs, k)
     return table("dml_fitting", f"DML where the networks fit their images ({FIT_IMAGES:,} images, {FIT_EPOCHS} "
                                 f"epochs): is the dml table's reversal the regime?", cells,
                  [Comparison("Algorithm 1's order: net 1 beats training alone", rows["a1"], rows["alone"], col=ERR),
@@ -322,12 +331,11 @@ def tolerant_fitting() -> Table:
     def generation1(patriarchs):
         return [fitting("tolerant_student", [p], p.seed + GENERATION_SEED) for p in patriarchs]
 
-    ce = "final training cross-entropy"
     rows = {"strict": "Strict patriarch (= ResNet-8 alone)", "g_strict": "Generation 1 of the strict patriarch",
             "tsd": "TSD patriarch", "g_tsd": "Generation 1 of the TSD patriarch"}
     cells = []
     for key, specs in (("strict", strict), ("g_strict", generation1(strict)), ("tsd", tsd), ("g_tsd", generation1(tsd))):
-        cells += [arm(rows[key], specs), Cell(rows[key], ce, specs, "train_loss_ce")]
+        cells += fitting_arm(rows[key], specs)
     return table("tolerant_fitting", f"Tolerant teacher where the networks fit their images ({FIT_IMAGES:,} images, "
                                      f"{FIT_EPOCHS} epochs): is the tolerant table's result the regime?", cells,
                  [Comparison("A TSD patriarch teaches a better generation 1 than a strict one", rows["g_tsd"],
