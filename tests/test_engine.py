@@ -293,3 +293,59 @@ def test_uniform_init_starts_the_student_from_u_minus_a_a_and_enters_the_run_id_
     assert resolve(spec)["run_id"] != resolve(dataclasses.replace(spec, uniform_init=None))["run_id"]
     with pytest.raises(ConfigError, match="uniform_init"):
         resolve(dataclasses.replace(spec, uniform_init=0.0))
+
+
+def test_no_gradient_outlives_its_step_and_a_finished_stage_checkpoints_no_optimiser(tmp_path, monkeypatch):
+    """Gradients are freed right after the optimiser step (else they sit through the next forward pass
+    and, after a stage ends, through every later stage), and the checkpoint written when a stage ends
+    holds no optimiser state (the next stage builds its own), while resuming from it still equals the
+    uninterrupted run."""
+    from kd_methods.engine import checkpoint, trainer
+
+    held = []
+    original_step = trainer.train_step
+
+    def step_and_look(steps, distiller, optimizer, *args, **kw):
+        out = original_step(steps, distiller, optimizer, *args, **kw)
+        held.append(sum(p.grad is not None for p in distiller.parameters()))
+        return out
+
+    saved = []
+    original_save = checkpoint.save_atomic
+
+    def save_and_look(state, path, **kw):
+        saved.append((path.name, dict(state)))
+        return original_save(state, path, **kw)
+
+    monkeypatch.setattr(trainer, "train_step", step_and_look)
+    monkeypatch.setattr(trainer, "save_atomic", save_and_look)
+    teacher = tiny(epochs=1, train_subset=32, test_subset=16)
+    spec = tiny(method="fitnets", teachers=[teacher], epochs=1, train_subset=32, test_subset=16,
+                stages={"hint": Phase(length=2, optim=Optim(lr=0.05))})
+    cfg = resolve(spec)
+    full = execute(cfg, ctx_for(tmp_path / "a"))
+    assert held and set(held) == {0}
+    boundary = [s for name, s in saved if name == "last.pt" and s["stage_epoch"] == 0]
+    within = [s for name, s in saved if name == "last.pt" and s["stage_epoch"] > 0]
+    assert boundary and all("optimizer" not in s for s in boundary)
+    assert within and all("optimizer" in s for s in within)  # mid-stage resumes need it
+
+    # Killed right after the hint stage's last checkpoint, then resumed: the same final weights.
+    monkeypatch.setattr(trainer, "save_atomic", original_save)
+    original_write = trainer.MetricsLog.write
+
+    def write_then_die(self):
+        original_write(self)
+        if len(self.history) == 2:  # the hint stage's two epochs are done and checkpointed
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.MetricsLog, "write", write_then_die)
+    ctx = ctx_for(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        execute(cfg, ctx)
+    monkeypatch.setattr(trainer.MetricsLog, "write", original_write)
+    resumed = execute(cfg, ctx)
+    assert (resumed["top1_err"], resumed["top5_err"]) == (full["top1_err"], full["top5_err"])
+    a = torch.load(ctx_for(tmp_path / "a").store.dir(cfg["run_id"]) / "model.pt", weights_only=True)["models"]
+    b = torch.load(ctx.store.dir(cfg["run_id"]) / "model.pt", weights_only=True)["models"]
+    assert all(torch.equal(a[m][k], b[m][k]) for m in a for k in a[m])
