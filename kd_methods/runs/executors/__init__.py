@@ -11,6 +11,7 @@ its last checkpoint) and writes the reproduction's runs.csv rows (`RunGraph.reco
 """
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
 from ...errors import ConfigError
@@ -32,6 +33,12 @@ class Sequential:
     name = "sequential"
 
     def run(self, graph: RunGraph, ctx: RunContext, costs=None) -> list[Failure]:
+        # What lives now (modules, the run graph) lives to the end: frozen, it leaves the collector's
+        # sight, so the collection after each run scans that run's objects only (a full collection
+        # costs 0.15 s a run). Once, before any run: a run's objects frozen while something still held
+        # them would never be collected.
+        gc.collect()
+        gc.freeze()
         for cfg in graph.records:
             execute(cfg, ctx)
         return []
