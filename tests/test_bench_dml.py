@@ -58,7 +58,7 @@ def test_every_cell_resolves_under_every_budget(paper, plans):
         for _, c, cfgs, _ in plans[budget]:
             assert len(cfgs) == len(c.specs) == dml.N_SEEDS
     smoke = [cfg for _, _, cfgs, _ in plans["smoke"] for cfg in cfgs]
-    assert {cfg["dataset"] for cfg in smoke} == {"synthetic100", "market1501"}
+    assert {cfg["dataset"] for cfg in smoke} == {"synthetic100_16px", "market1501"}
     assert all(cfg["train"]["length"] <= 2 for cfg in smoke)
 
 
@@ -231,7 +231,7 @@ def test_reproduce_entropy_table_end_to_end(tmp_path):
     with open(out / "runs.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["table"] == "entropy"]
     assert {r["label"] for r in rows} == {"ResNet-32 | Independent", "ResNet-32 | DML"}
-    assert all(r["status"] == "finished" and r["dataset"] == "synthetic100" for r in rows)
+    assert all(r["status"] == "finished" and r["dataset"] == "synthetic100_16px" for r in rows)
     dml_row = next(r for r in rows if r["method"] == "dml")
     assert {"entropy", "net2_entropy", "net2_top1_err"} <= set(json.loads(dml_row["extra"]))
     text = (out / "entropy.md").read_text()

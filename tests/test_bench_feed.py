@@ -48,7 +48,7 @@ def test_every_cell_resolves_and_only_imagenet_needs_real_data(paper, budget, tm
         assert bool(why) == imagenet and (not why or "imagenet" in why)
         if budget == "smoke":
             assert len(cfgs) == 1
-            assert all(cfg["dataset"] in ("synthetic100", "imagenet") for cfg in cfgs)
+            assert all(cfg["dataset"] in ("synthetic100_16px", "imagenet") for cfg in cfgs)
 
 
 def test_declared_tables_and_shapes(paper):
@@ -75,7 +75,7 @@ def test_cifar_cells_use_the_protocol(paper):
     ft = resolve(cell(paper, "table2", "ResNet-56", "5xFT").specs[0], "paper")
     assert ft["stages"]["paraphraser"]["length"] == 5 and ft["stages"]["train"]["length"] == 200
     smoke = resolve(cell(paper, "table2", "ResNet-56", "5xFT").specs[0], "smoke")
-    assert smoke["dataset"] == "synthetic100" and smoke["train"]["length"] == 1
+    assert smoke["dataset"] == "synthetic100_16px" and smoke["train"]["length"] == 1
     short = resolve(cell(paper, "table1", "ResNet-110", "AT").specs[0], "short")
     assert short["train"]["length"] == 20 and short["train"]["optim"]["milestones"] == [10, 15]
 

@@ -50,7 +50,7 @@ def test_every_cell_resolves_and_the_graph_has_the_expected_runs(paper):
         # 6 trained generations per term; the 5 ensembles per term only evaluate.
         assert len(all_run_ids(planned)) == terms * (gens + 1) + terms * gens
         if budget == "smoke":
-            assert {c["dataset"] for *_, cfgs, _ in planned for c in cfgs} == {"synthetic100"}
+            assert {c["dataset"] for *_, cfgs, _ in planned for c in cfgs} == {"synthetic100_16px"}
 
 
 def test_each_generation_is_taught_by_the_previous_one(paper):
@@ -89,7 +89,7 @@ def test_protocol_and_its_smoke_scaling(paper):
     assert cfg["train"]["optim"]["milestones"] == [32_000, 48_000]
     smoke = cfg_of(paper, GEN, "TSD", "Gen 0", "smoke")
     assert smoke["train"]["length"] == 2 and smoke["train"]["optim"]["milestones"] == [1.0, 1.5]
-    assert smoke["dataset"] == "synthetic100" and smoke["train_subset"] == 8
+    assert smoke["dataset"] == "synthetic100_16px" and smoke["train_subset"] == 8
 
 
 def test_references_cover_every_cell_and_are_empty(paper):

@@ -69,12 +69,47 @@ def test_budgets_scale_lengths_and_milestones():
     smoke = resolve(spec(), "smoke")
     assert paper["train"]["length"] == 200 and paper["dataset"] == "cifar100"
     assert short["train"]["length"] == 20 and short["train"]["optim"]["milestones"] == [10, 15]
-    assert smoke["train"]["length"] == 1 and smoke["dataset"] == "synthetic100"
+    assert smoke["train"]["length"] == 1 and smoke["dataset"] == "synthetic100_16px"
     assert smoke["train"]["optim"]["milestones"] == [0.5, 0.75]
     assert smoke["train_subset"] and smoke["batch_size"] <= 32
     assert resolve(spec(), "paper", data="synthetic")["dataset"] == "synthetic100"
     it = resolve(spec(train=Phase(length=64000, unit="iter", optim=Optim(milestones=[32000, 48000]))), "smoke")
     assert it["train"]["length"] == 2 and it["train"]["optim"]["milestones"] == [1, 1.5]
+
+
+def test_smoke_stand_ins_are_16px_only_where_every_network_of_the_run_takes_any_size():
+    maxout = spec(model="fitnets_maxout_teacher", dataset="cifar10")  # a fixed 32x32 input
+    small = {
+        "a size-free network": spec(),
+        "its teachers too": spec(method="kd", teachers=[spec(seed=1)]),
+        "CIFAR-10": spec(dataset="cifar10"),
+        "DML with size-free peers": spec(method="dml", method_args={"peers": ["cifar_mobilenet"]}),
+    }
+    kept = {
+        "a fixed-size network": maxout,
+        "a fixed-size teacher": spec(method="kd", dataset="cifar10", teachers=[maxout]),
+        "a fixed-size teacher's student, once removed": spec(method="kd", dataset="cifar10", teachers=[
+            spec(method="kd", dataset="cifar10", teachers=[maxout])]),
+        "a fixed-size DML peer": spec(method="dml", dataset="cifar10",
+                                      method_args={"peers": ["fitnets_maxout_teacher"]}),
+        "FitNets' regressor, sized by the images": spec(
+            model="fitnet1", method="fitnets", dataset="cifar10", teachers=[spec(model="fitnet4", dataset="cifar10")]),
+    }
+    for what, s in small.items():
+        assert resolve(s, "smoke")["dataset"].endswith("_16px"), what
+        assert not resolve(s, "short", data="synthetic")["dataset"].endswith("_16px"), what  # smoke only
+    for what, s in kept.items():
+        assert resolve(s, "smoke")["dataset"] in ("synthetic10", "synthetic100"), what
+    assert resolve(spec(dataset="mnist"), "smoke")["dataset"] == "synthetic_mnist"  # 28x28 sets keep theirs
+    teacher = resolve(small["its teachers too"], "smoke")["teachers"][0]
+    assert teacher["dataset"] == "synthetic100_16px"
+
+
+def test_the_16px_stand_in_is_the_32px_generator_at_16x16():
+    from kd_methods.data import DataConfig, build_data
+    data = build_data(DataConfig(name="synthetic100_16px", train_subset=8, test_subset=4, batch_size=4), "cpu")
+    images, _ = next(iter(data.train))
+    assert data.input_size == (3, 16, 16) and images.shape == (4, 3, 16, 16) and data.num_classes == 100
 
 
 @pytest.mark.parametrize("data, message", [

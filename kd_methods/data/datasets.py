@@ -4,6 +4,8 @@
 |--------------------|---------|-----------|-----------------------|-----------------|--------------------------|
 | synthetic10        | 10      | 3x32x32   | 10000 / 2000 (gen.)   | crop_flip       | stats of its train split |
 | synthetic100       | 100     | 3x32x32   | 10000 / 2000 (gen.)   | crop_flip       | stats of its train split |
+| synthetic10_16px   | 10      | 3x16x16   | 10000 / 2000 (gen.)   | crop_flip       | stats of its train split |
+| synthetic100_16px  | 100     | 3x16x16   | 10000 / 2000 (gen.)   | crop_flip       | stats of its train split |
 | synthetic_mnist    | 10      | 1x28x28   | 10000 / 2000 (gen.)   | none            | stats of its train split |
 | synthetic_imagenet | 1000    | 3x224x224 | 512 / 256 (gen.)      | none            | ImageNet constants       |
 | cifar10            | 10      | 3x32x32   | 50000 / 10000         | crop_flip       | CIFAR-10 train stats     |
@@ -16,7 +18,9 @@
 
 The per-channel constants are the means and standard deviations of each real train split (pixels in
 [0, 1]); the synthetic sets compute theirs from the split in use. The synthetic images use the fixed data
-seed 0, so the runs of different seeds see the same data (as they would with a real dataset).
+seed 0, so the runs of different seeds see the same data (as they would with a real dataset). The 16x16
+variants are the smoke budget's stand-ins for 32x32 sets (a quarter of the arithmetic of every network that
+takes any image size: `kd_methods.runs.spec.SMALL_STANDIN`).
 SVHN and MNIST default to no augmentation (flipping digits changes their meaning), Fashion-MNIST too (as in
 its benchmark). MNIST and Fashion-MNIST keep their single grey channel: a model built for them gets
 `in_chans=1`. SVHN's 531k "extra" images are not used.
@@ -56,12 +60,13 @@ def _register(name: str, spec: DatasetSpec) -> None:
     DATASETS.register(name)(spec)
 
 
-_register("synthetic10", DatasetSpec(
-    "synthetic10", (3, 32, 32), 10, "crop_flip",
-    read=partial(_read_synthetic, num_classes=10, groups=5, channels=3, size=32)))
-_register("synthetic100", DatasetSpec(
-    "synthetic100", (3, 32, 32), 100, "crop_flip",
-    read=partial(_read_synthetic, num_classes=100, groups=20, channels=3, size=32)))
+for _side, _suffix in ((32, ""), (16, "_16px")):
+    _register(f"synthetic10{_suffix}", DatasetSpec(
+        f"synthetic10{_suffix}", (3, _side, _side), 10, "crop_flip",
+        read=partial(_read_synthetic, num_classes=10, groups=5, channels=3, size=_side)))
+    _register(f"synthetic100{_suffix}", DatasetSpec(
+        f"synthetic100{_suffix}", (3, _side, _side), 100, "crop_flip",
+        read=partial(_read_synthetic, num_classes=100, groups=20, channels=3, size=_side)))
 _register("synthetic_mnist", DatasetSpec(
     "synthetic_mnist", (1, 28, 28), 10, "none",
     read=partial(_read_synthetic, num_classes=10, groups=5, channels=1, size=28)))

@@ -116,6 +116,8 @@ class Distiller(nn.Module):
     deviations: ClassVar[tuple[str, ...]] = ()   # where we knowingly differ from the paper, and why
     min_teachers: ClassVar[int] = 0
     max_teachers: ClassVar[int | None] = None
+    # Sizes a module from the images' size (FitNets' regressor kernel), so its runs keep their data's size.
+    sized_by_images: ClassVar[bool] = False
 
     def __init__(self, student: nn.Module | None, teachers: Sequence[nn.Module] = (),
                  num_classes: int = 100, **hparams):
@@ -134,6 +136,12 @@ class Distiller(nn.Module):
         self.student = student
         # A plain list, not a ModuleList: teachers stay out of parameters(), state_dict() and train().
         self.teachers: list[nn.Module] = [freeze(t) for t in teachers]
+
+    @classmethod
+    def built_networks(cls, hparams: Mapping[str, Any]) -> tuple[str, ...]:
+        """Model names of the networks the method builds beside the student (DML's peers), so a spec
+        can be judged by every network of its run before anything is built."""
+        return ()
 
     # -- what the engine asks of a method -------------------------------------------------------
     def stages(self) -> list[Stage]:

@@ -118,6 +118,11 @@ class DML(Distiller):
         channels = input_channels(student)  # the peers see the student's images
         self.peers = nn.ModuleList(create_model(name, num_classes, in_chans=channels) for name in peers)
 
+    @classmethod
+    def built_networks(cls, hparams) -> tuple[str, ...]:
+        peers = hparams.get("peers", cls.defaults["peers"].value)
+        return (peers,) if isinstance(peers, str) else tuple(peers)
+
     @property
     def networks(self) -> list[nn.Module]:
         return [self.student, *self.peers]

@@ -164,6 +164,7 @@ class FitNets(Distiller):
     stage_names = ("hint", "kd")
     min_teachers = 1
     max_teachers = 1
+    sized_by_images = True
     defaults = {
         "hint_point": Hyper("middle", "paper",
                             "the teacher's hint layer, 'in the middle' of the net (Sec. 2.2): 'middle' is the "

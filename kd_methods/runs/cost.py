@@ -55,6 +55,7 @@ ASSUMED_GPU_UTIL = 0.25        # fraction of the bf16 peak a training run reache
 SPLIT_SIZES = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000), "svhn": (73_257, 26_032),
                "mnist": (60_000, 10_000), "fashion_mnist": (60_000, 10_000), "imagenet": (1_281_167, 50_000), "cub200": (5_994, 5_794),
                "market1501": (12_936, 1_294), "synthetic10": (10_000, 2_000), "synthetic100": (10_000, 2_000),
+               "synthetic10_16px": (10_000, 2_000), "synthetic100_16px": (10_000, 2_000),
                "synthetic_mnist": (10_000, 2_000), "synthetic_imagenet": (512, 256)}
 
 

@@ -112,6 +112,7 @@ class Budget:
     train_subset: Union[int, None] = None
     test_subset: Union[int, None] = None
     batch_size: Union[int, None] = None
+    small_images: bool = False         # 32x32 synthetic stand-ins at 16x16 where the run allows (SMALL_STANDIN)
     description: str = ""
 
 
@@ -121,15 +122,22 @@ BUDGETS = {
                     description="every row, schedules at 1/10 of the paper's length (milestones scaled), at most 2 seeds"),
     # Batches of 4: a ResNeXt-29 16x64d training step costs ~30 GFLOP per image, and FEED alone trains
     # 14 of them, some beside five ResNeXt teachers (its smoke took 9.2 min on 2 cores at batch 8).
+    # 16x16 stand-ins for 32x32 sets: a quarter of every network's arithmetic (the FEED smoke in fp32 on
+    # 2 cores: its WRN-28-10 and ResNeXt-29 runs were most of 13 minutes).
     "smoke": Budget("smoke", smoke=True, max_seeds=1, train_subset=8, test_subset=16, batch_size=4,
+                    small_images=True,
                     description="every row and model, 1 epoch of 2 steps of 4 synthetic images (16 test "
-                                "images), 1 seed: checks the pipeline, says nothing about accuracy"),
+                                "images; 16x16 in place of 32x32 where every network of the run takes any "
+                                "size), 1 seed: checks the pipeline, says nothing about accuracy"),
 }
 
 # The synthetic stand-in for each real dataset (same class count and image shape) in smoke runs.
 SYNTHETIC_FOR = {"cifar100": "synthetic100", "cifar10": "synthetic10", "svhn": "synthetic10",
                  "mnist": "synthetic_mnist", "fashion_mnist": "synthetic_mnist", "synthetic100": "synthetic100", "synthetic10": "synthetic10",
                  "synthetic_mnist": "synthetic_mnist"}
+# The smoke budget's smaller stand-ins (`Budget.small_images`), used when every network of a run and of
+# the runs it learns from takes any image size and no method sizes a module from it (FitNets' regressor).
+SMALL_STANDIN = {"synthetic10": "synthetic10_16px", "synthetic100": "synthetic100_16px"}
 NEEDS_REAL_DATA = ("imagenet", "cub200", "market1501")
 DATA_SOURCES = ("auto", "synthetic", "real")
 MAX_GENERATED = 1_000_000  # images of a synthetic split (3 GB as CIFAR-shaped uint8)
@@ -179,6 +187,8 @@ def resolve(spec: ExperimentSpec, budget: Union[Budget, str] = "paper", data: st
     dataset = spec.dataset
     if use_synthetic and dataset in SYNTHETIC_FOR:
         dataset = SYNTHETIC_FOR[dataset]
+        if budget.small_images and dataset in SMALL_STANDIN and takes_any_image_size(spec):
+            dataset = SMALL_STANDIN[dataset]
     from ..data import get_spec
     if get_spec(dataset).generated:
         for key in ("train_subset", "test_subset"):
@@ -239,6 +249,25 @@ def identity(cfg: dict) -> dict:
     if cfg.get("init"):
         ident["init"] = cfg["init"].get("run_id") or {"pretrained": cfg["init"]["sha256"]}
     return ident
+
+
+def takes_any_image_size(spec: Union[ExperimentSpec, Pretrained]) -> bool:
+    """Whether every network of the run and of the runs it learns from (teachers, init) works at any image
+    size: none has a timm `fixed_input_size`, and no method sizes a module from the images
+    (`Distiller.sized_by_images`)."""
+    import timm
+
+    from ..methods import METHODS
+    if isinstance(spec, Pretrained):
+        names, upstream_specs = [spec.model], []
+    else:
+        method = METHODS.get(spec.method)
+        if method.sized_by_images:
+            return False
+        names = [spec.model, *method.built_networks(spec.method_args)]
+        upstream_specs = [*spec.teachers, *([spec.init] if spec.init is not None else [])]
+    fixed = any(getattr(timm.models.get_pretrained_cfg(n), "fixed_input_size", False) for n in names)
+    return not fixed and all(takes_any_image_size(u) for u in upstream_specs)
 
 
 def upstream(cfg: dict) -> list[dict]:
