@@ -17,7 +17,7 @@ import threading
 import warnings
 from pathlib import Path
 
-from .errors import NumericalFault, RunsFailed, UserError
+from .errors import DiskFull, NumericalFault, RunsFailed, UserError, disk_full
 
 PAPERS = ("feed", "dml", "fitnets", "fsp", "tsd", "claims")
 
@@ -244,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunsFailed as e:
         print(f"kd-bench: {e}", file=sys.stderr)
         return e.code
+    except DiskFull as e:
+        print(f"kd-bench: {_where(dist)}{printable(str(e))}", file=sys.stderr)
+        return 5
     except KeyboardInterrupt:
         print("kd-bench: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
@@ -254,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
               f"command again to resume", file=sys.stderr)
         return 143
     except Exception as e:
+        full = disk_full(e)
+        if full:  # a write outside the atomic writer (a plot, a log)
+            print(f"kd-bench: {_where(dist)}no space left on the device ({printable(str(full))}); free space "
+                  f"and run the same command again", file=sys.stderr)
+            return 5
         if not (dist.is_distributed() and dist.is_peer_failure(e)):
             raise
         print(f"kd-bench: {dist.peer_failure_message(e)}", file=sys.stderr)

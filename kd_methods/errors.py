@@ -1,4 +1,6 @@
-"""Errors a user can cause. The CLI prints their message as one line on stderr and exits 2."""
+"""Errors a user can cause. The CLI prints their message as one line on stderr and exits 2 (a full
+disk, `DiskFull`: 5)."""
+from __future__ import annotations
 
 
 class UserError(Exception):
@@ -19,6 +21,21 @@ class CheckpointError(UserError):
 
 class ResultsDamaged(UserError):
     """A results file (runs.csv) that does not parse: named with its line, and never rewritten."""
+
+
+class DiskFull(Exception):
+    """The disk filled up while writing: the half-written file is removed, complete files are kept."""
+
+
+def disk_full(error: BaseException) -> OSError | None:
+    """The out-of-space OSError (ENOSPC, EDQUOT) behind `error`, if any: torch reports a failed write of
+    torch.save as a RuntimeError raised while handling it."""
+    import errno
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 class NumericalFault(Exception):

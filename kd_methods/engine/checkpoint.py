@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DiskFull, disk_full
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -30,15 +30,36 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def write_atomic(path: Path, write) -> None:
-    """Call `write(file)` on a temporary file, fsync, then rename over `path`."""
+    """Call `write(file)` on a temporary file, fsync, then rename over `path`. A failed write removes the
+    temporary file (its space is back at once) and leaves `path` as it was; a full disk is a DiskFull."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        interrupt = _interrupt_behind(e)
+        if interrupt is not None and interrupt is not e:  # Ctrl-C inside torch.save: torch wraps it in a
+            raise interrupt from None                     # RuntimeError; it is still an interruption
+        if disk_full(e):
+            raise DiskFull(f"no space left on the device writing {path}; free space there (or point --runs-dir "
+                           f"and --results-dir at a larger disk) and run the same command again: complete "
+                           f"files are kept") from None
+        raise
     _fsync_dir(path.parent)
+
+
+def _interrupt_behind(error: BaseException | None) -> BaseException | None:
+    """The KeyboardInterrupt (or other non-Exception) in `error`'s chain, if any."""
+    while error is not None:
+        if not isinstance(error, Exception):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def remove_temporaries(folder: Path) -> None:
