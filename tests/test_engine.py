@@ -64,6 +64,24 @@ def test_a_finished_run_is_reused_not_retrained(tmp_path):
     assert logged == [] and (tmp_path / "runs" / cfg["run_id"] / "model.pt").stat().st_mtime_ns == stamp
 
 
+def killed_after_epochs(epochs, cfg, ctx, monkeypatch):
+    """Train `cfg` until the metrics of `epochs` epochs are written (their checkpoint is on disk), then die
+    as a kill between epochs would."""
+    from kd_methods.engine import metrics
+
+    original = metrics.MetricsLog.write
+
+    def write_then_die(self):
+        original(self)
+        if len(self.history) == epochs:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(metrics.MetricsLog, "write", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        execute(cfg, ctx)
+    monkeypatch.setattr(metrics.MetricsLog, "write", original)
+
+
 def _without_wall(history):
     return [{k: v for k, v in r.items() if k != "wall_s"} for r in history]
 
@@ -74,25 +92,13 @@ def _without_wall(history):
     tiny(epochs=2, method="dml", method_args={"peers": ["cifar_resnet8"], "update_order": "sequential"},
          batch_size=8, train_subset=16, test_subset=16)], ids=["scratch", "dml-sequential"])
 def test_resume_from_an_epoch_checkpoint_equals_an_uninterrupted_run(tmp_path, monkeypatch, spec):
-    from kd_methods.engine import metrics
-
     cfg = resolve(spec)
     full_ctx = ctx_for(tmp_path / "a")
     full = execute(cfg, full_ctx)
 
     # Die right after epoch 1's checkpoint is on disk, as a kill between epochs would.
-    original = metrics.MetricsLog.write
-
-    def write_then_die(self):
-        original(self)
-        if len(self.history) == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(metrics.MetricsLog, "write", write_then_die)
     ctx = ctx_for(tmp_path / "b")
-    with pytest.raises(KeyboardInterrupt):
-        execute(cfg, ctx)
-    monkeypatch.setattr(metrics.MetricsLog, "write", original)
+    killed_after_epochs(1, cfg, ctx, monkeypatch)
     assert not ctx.store.is_finished(cfg["run_id"])
     resumed = execute(cfg, ctx)
 
@@ -330,20 +336,10 @@ def test_no_gradient_outlives_its_step_and_a_finished_stage_checkpoints_no_optim
     assert boundary and all("optimizer" not in s for s in boundary)
     assert within and all("optimizer" in s for s in within)  # mid-stage resumes need it
 
-    # Killed right after the hint stage's last checkpoint, then resumed: the same final weights.
+    # Killed right after the hint stage's last checkpoint (its two epochs), then resumed: the same weights.
     monkeypatch.setattr(trainer, "save_atomic", original_save)
-    original_write = trainer.MetricsLog.write
-
-    def write_then_die(self):
-        original_write(self)
-        if len(self.history) == 2:  # the hint stage's two epochs are done and checkpointed
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer.MetricsLog, "write", write_then_die)
     ctx = ctx_for(tmp_path / "b")
-    with pytest.raises(KeyboardInterrupt):
-        execute(cfg, ctx)
-    monkeypatch.setattr(trainer.MetricsLog, "write", original_write)
+    killed_after_epochs(2, cfg, ctx, monkeypatch)
     resumed = execute(cfg, ctx)
     assert (resumed["top1_err"], resumed["top5_err"]) == (full["top1_err"], full["top5_err"])
     a = torch.load(ctx_for(tmp_path / "a").store.dir(cfg["run_id"]) / "model.pt", weights_only=True)["models"]

@@ -6,15 +6,8 @@ import json
 from kd_methods.cli import main
 from kd_methods.engine import checkpoint
 
-CONFIG = """
-model: cifar_resnet8
-method: scratch
-dataset: synthetic10
-batch_size: 32
-train_subset: 64
-test_subset: 32
-train: {length: 2, unit: epoch, optim: {lr: 0.05, schedule: constant}}
-"""
+CONFIG = "model: cifar_resnet8\ndataset: synthetic10\nbatch_size: 32\ntrain_subset: 64\ntest_subset: 32\n" \
+         "train: {length: 2, optim: {lr: 0.05}}\n"  # two epochs: the first one's checkpoint is kept
 
 
 def failing_save(exception, when):
