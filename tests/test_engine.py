@@ -345,3 +345,19 @@ def test_no_gradient_outlives_its_step_and_a_finished_stage_checkpoints_no_optim
     a = torch.load(ctx_for(tmp_path / "a").store.dir(cfg["run_id"]) / "model.pt", weights_only=True)["models"]
     b = torch.load(ctx.store.dir(cfg["run_id"]) / "model.pt", weights_only=True)["models"]
     assert all(torch.equal(a[m][k], b[m][k]) for m in a for k in a[m])
+
+
+def test_the_sequential_executor_freezes_the_collector_only_while_it_runs(tmp_path):
+    """Before its first run it freezes what lives (each run's collection then scans only that run's
+    objects); when it returns, a caller that goes on has every object in the collector's sight again."""
+    import gc
+
+    from kd_methods.runs.executors import Sequential
+    from kd_methods.runs.graph import RunGraph
+
+    frozen_during = []
+    ctx = ctx_for(tmp_path)
+    ctx.log = lambda message: frozen_during.append(gc.get_freeze_count())
+    graph = RunGraph(records=[resolve(tiny(epochs=1, train_subset=32, test_subset=16))])
+    assert Sequential().run(graph, ctx) == []
+    assert frozen_during and min(frozen_during) > 0 and gc.get_freeze_count() == 0

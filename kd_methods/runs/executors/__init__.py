@@ -39,8 +39,11 @@ class Sequential:
         # them would never be collected.
         gc.collect()
         gc.freeze()
-        for cfg in graph.records:
-            execute(cfg, ctx)
+        try:
+            for cfg in graph.records:
+                execute(cfg, ctx)
+        finally:
+            gc.unfreeze()  # a caller that goes on (a notebook, the tests) gets its collector back
         return []
 
 
