@@ -73,9 +73,13 @@ def test_nan_in_the_first_epoch_says_there_is_no_checkpoint(workdir, capsys):
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "failed"
 
 
-def test_non_finite_weights_are_found_by_name():
+@pytest.mark.parametrize("bad", [float("inf"), -float("inf"), float("nan")])
+def test_non_finite_weights_are_found_by_name(bad):
     net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
     assert _first_nonfinite(net) is None
     with torch.no_grad():
-        net[1].running_var[1] = float("inf")
+        net[1].running_var[1] = bad
     assert _first_nonfinite(net) == "1.running_var"
+    with torch.no_grad():
+        net[0].weight[0, 1] = bad
+    assert _first_nonfinite(net) == "0.weight"
