@@ -14,7 +14,9 @@ from kd_methods.runs.store import append_results_row
 
 from .common import context, read_csv, warm_up
 
-KILLS = 20
+KILLS = 20            # at least this many kills ...
+MID_WRITE = 5         # ... and until this many landed inside a write (a third of kills do on a quiet
+MAX_KILLS = 300       # machine, far fewer on a busy one: counting them, not timing them, keeps it steady)
 BLOB = (64, 4096)  # 1 MiB of float32 per checkpoint: a write takes long enough to be hit
 
 
@@ -62,7 +64,7 @@ def test_kills_during_checkpoint_metrics_and_results_writes_leave_valid_files(tm
     warm_up()
     rng = random.Random(11)
     steps, mid_write = [], 0
-    for _ in range(KILLS):
+    while len(steps) < KILLS or (mid_write < MID_WRITE and len(steps) < MAX_KILLS):
         ready = ctx.Event()
         proc = ctx.Process(target=_writer, args=(str(tmp_path), ready), daemon=True)
         proc.start()
@@ -73,7 +75,7 @@ def test_kills_during_checkpoint_metrics_and_results_writes_leave_valid_files(tm
         steps.append(check(tmp_path))
         mid_write += bool(list(tmp_path.rglob(".*.tmp*")))
     assert steps == sorted(steps) and steps[-1] >= 0  # progress is never lost
-    assert mid_write > 0  # some kills did land inside a write (its temporary file is there)
+    assert mid_write >= MID_WRITE  # kills did land inside a write (its temporary file was there)
     # What killed writers left half-written is cleaned up by the next writer of each file.
     remove_temporaries(tmp_path)
     append_results_row(tmp_path, "rel", {"run_id": "r0", "table": "t", "top1_err": 0})
