@@ -27,15 +27,19 @@ class DiskFull(Exception):
     """The disk filled up while writing: the half-written file is removed, complete files are kept."""
 
 
-def disk_full(error: BaseException) -> OSError | None:
-    """The out-of-space OSError (ENOSPC, EDQUOT) behind `error`, if any: torch reports a failed write of
-    torch.save as a RuntimeError raised while handling it."""
-    import errno
+def exception_chain(error: BaseException | None):
+    """`error`, then what it was raised from or while handling, and so on: torch reports a failure inside
+    torch.save's write (a full disk, a Ctrl-C) as a RuntimeError raised while handling it."""
     while error is not None:
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return error
+        yield error
         error = error.__cause__ or error.__context__
-    return None
+
+
+def disk_full(error: BaseException) -> OSError | None:
+    """The out-of-space OSError (ENOSPC, EDQUOT) in `error`'s chain, if any."""
+    import errno
+    return next((e for e in exception_chain(error)
+                 if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)), None)
 
 
 class NumericalFault(Exception):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, DiskFull, disk_full
+from ..errors import CheckpointError, DiskFull, disk_full, exception_chain
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -42,7 +42,7 @@ def write_atomic(path: Path, write) -> None:
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
-        interrupt = _interrupt_behind(e)
+        interrupt = next((c for c in exception_chain(e) if not isinstance(c, Exception)), None)
         if interrupt is not None and interrupt is not e:  # Ctrl-C inside torch.save: torch wraps it in a
             raise interrupt from None                     # RuntimeError; it is still an interruption
         if disk_full(e):
@@ -51,15 +51,6 @@ def write_atomic(path: Path, write) -> None:
                            f"files are kept") from None
         raise
     _fsync_dir(path.parent)
-
-
-def _interrupt_behind(error: BaseException | None) -> BaseException | None:
-    """The KeyboardInterrupt (or other non-Exception) in `error`'s chain, if any."""
-    while error is not None:
-        if not isinstance(error, Exception):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
 
 
 def remove_temporaries(folder: Path) -> None:
