@@ -64,24 +64,6 @@ def test_a_finished_run_is_reused_not_retrained(tmp_path):
     assert logged == [] and (tmp_path / "runs" / cfg["run_id"] / "model.pt").stat().st_mtime_ns == stamp
 
 
-def killed_after_epochs(epochs, cfg, ctx, monkeypatch):
-    """Train `cfg` until the metrics of `epochs` epochs are written (their checkpoint is on disk), then die
-    as a kill between epochs would."""
-    from kd_methods.engine import metrics
-
-    original = metrics.MetricsLog.write
-
-    def write_then_die(self):
-        original(self)
-        if len(self.history) == epochs:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(metrics.MetricsLog, "write", write_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        execute(cfg, ctx)
-    monkeypatch.setattr(metrics.MetricsLog, "write", original)
-
-
 def _without_wall(history):
     return [{k: v for k, v in r.items() if k != "wall_s"} for r in history]
 
@@ -91,14 +73,15 @@ def _without_wall(history):
     # DML's sequential order: one optimiser, two updates a step, the peer's batch norm counting once
     tiny(epochs=2, method="dml", method_args={"peers": ["cifar_resnet8"], "update_order": "sequential"},
          batch_size=8, train_subset=16, test_subset=16)], ids=["scratch", "dml-sequential"])
-def test_resume_from_an_epoch_checkpoint_equals_an_uninterrupted_run(tmp_path, monkeypatch, spec):
+def test_resume_from_an_epoch_checkpoint_equals_an_uninterrupted_run(tmp_path, stopped_after_epochs, spec):
     cfg = resolve(spec)
     full_ctx = ctx_for(tmp_path / "a")
     full = execute(cfg, full_ctx)
 
     # Die right after epoch 1's checkpoint is on disk, as a kill between epochs would.
     ctx = ctx_for(tmp_path / "b")
-    killed_after_epochs(1, cfg, ctx, monkeypatch)
+    with stopped_after_epochs(1), pytest.raises(KeyboardInterrupt):
+        execute(cfg, ctx)
     assert not ctx.store.is_finished(cfg["run_id"])
     resumed = execute(cfg, ctx)
 
@@ -301,7 +284,8 @@ def test_uniform_init_starts_the_student_from_u_minus_a_a_and_enters_the_run_id_
         resolve(dataclasses.replace(spec, uniform_init=0.0))
 
 
-def test_no_gradient_outlives_its_step_and_a_finished_stage_checkpoints_no_optimiser(tmp_path, monkeypatch):
+def test_no_gradient_outlives_its_step_and_a_finished_stage_checkpoints_no_optimiser(tmp_path, monkeypatch,
+                                                                                     stopped_after_epochs):
     """Gradients are freed right after the optimiser step (else they sit through the next forward pass
     and, after a stage ends, through every later stage), and the checkpoint written when a stage ends
     holds no optimiser state (the next stage builds its own), while resuming from it still equals the
@@ -339,7 +323,8 @@ def test_no_gradient_outlives_its_step_and_a_finished_stage_checkpoints_no_optim
     # Killed right after the hint stage's last checkpoint (its two epochs), then resumed: the same weights.
     monkeypatch.setattr(trainer, "save_atomic", original_save)
     ctx = ctx_for(tmp_path / "b")
-    killed_after_epochs(2, cfg, ctx, monkeypatch)
+    with stopped_after_epochs(2), pytest.raises(KeyboardInterrupt):
+        execute(cfg, ctx)
     resumed = execute(cfg, ctx)
     assert (resumed["top1_err"], resumed["top5_err"]) == (full["top1_err"], full["top5_err"])
     a = torch.load(ctx_for(tmp_path / "a").store.dir(cfg["run_id"]) / "model.pt", weights_only=True)["models"]

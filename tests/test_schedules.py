@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from kd_methods.engine import metrics, trainer
+from kd_methods.engine import trainer
 from kd_methods.engine.trainer import EngineOptions
 from kd_methods.models import create_model
 from kd_methods.runs.spec import ExperimentSpec, Optim, Phase, resolve
@@ -45,25 +45,15 @@ class StepLog:
         return [[lr for opt, lr in self.steps if opt is o] for o in order]
 
 
-def train(cfg, run_dir, teachers=(), die_after_epochs: int | None = None, monkeypatch=None):
-    """train_run, optionally dying like a kill right after the checkpoint of epoch `die_after_epochs`."""
-    if die_after_epochs is not None:
-        original = metrics.MetricsLog.write
-
-        def write_then_die(self):
-            original(self)
-            if len(self.history) == die_after_epochs:
-                raise KeyboardInterrupt
-        monkeypatch.setattr(metrics.MetricsLog, "write", write_then_die)
+def train(cfg, run_dir, teachers=()):
+    """train_run and the learning rate of each step; the result is None when training was stopped (see
+    the `stopped_after_epochs` fixture)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     with StepLog() as log:
         try:
             out = trainer.train_run(cfg, run_dir, list(teachers), CPU)
         except KeyboardInterrupt:
             out = None
-        finally:
-            if die_after_epochs is not None:
-                monkeypatch.undo()
     return out, log
 
 
@@ -107,7 +97,7 @@ def test_a_stage_ends_at_its_last_iteration_mid_epoch_and_the_next_starts_its_ow
     assert [int(r["epoch"]) for r in history] == [1, 2, 3, 4]
 
 
-def test_a_resume_between_milestones_or_stages_equals_the_uninterrupted_run(tmp_path, monkeypatch):
+def test_a_resume_between_milestones_or_stages_equals_the_uninterrupted_run(tmp_path, stopped_after_epochs):
     """Killed after epoch 2 (stage 1 over, mid-epoch) or epoch 3 (inside stage 2, past its lr drop): the
     rerun trains only the missing steps, each at the learning rate the uninterrupted run used, and ends
     with its weights and metrics."""
@@ -117,7 +107,8 @@ def test_a_resume_between_milestones_or_stages_equals_the_uninterrupted_run(tmp_
     done_after = {2: 6, 3: 10}  # optimiser steps taken when the checkpoint of epoch k was written
     for k, done in done_after.items():
         run_dir = tmp_path / f"killed{k}"
-        killed, _ = train(cfg, run_dir, [fsp_teacher()], die_after_epochs=k, monkeypatch=monkeypatch)
+        with stopped_after_epochs(k):
+            killed, _ = train(cfg, run_dir, [fsp_teacher()])
         assert killed is None and len(torch.load(run_dir / "last.pt", weights_only=True)["history"]) == k
         resumed, log = train(cfg, run_dir, [fsp_teacher()])
         assert [lr for _, lr in log.steps] == pytest.approx(full_steps[done:]), f"killed after epoch {k}"

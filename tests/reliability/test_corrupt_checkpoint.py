@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from kd_methods.cli import main
-from kd_methods.engine import metrics
 from kd_methods.engine.checkpoint import load_checkpoint, save_atomic
 
 from .common import outcome, run_folders
@@ -28,18 +27,10 @@ def cli(root, *extra) -> int:
                  "--results-dir", str(root / "results"), *extra])
 
 
-def interrupted_after(workdir, monkeypatch, epochs: int):
+def interrupted_after(workdir, stopped_after_epochs, epochs: int):
     """A run stopped (Ctrl-C) right after epoch `epochs`'s checkpoint and metrics were written."""
-    original = metrics.MetricsLog.write
-
-    def write_then_stop(self):
-        original(self)
-        if len(self.history) == epochs:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(metrics.MetricsLog, "write", write_then_stop)
-    assert cli(workdir / "b") == 130
-    monkeypatch.setattr(metrics.MetricsLog, "write", original)
+    with stopped_after_epochs(epochs):
+        assert cli(workdir / "b") == 130
     (run_dir,) = run_folders(workdir / "b")
     return run_dir
 
@@ -61,10 +52,10 @@ def workdir(workdir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncated", "garbage"])
-def test_a_damaged_checkpoint_resumes_from_the_previous_one(workdir, monkeypatch, capsys, how):
+def test_a_damaged_checkpoint_resumes_from_the_previous_one(workdir, stopped_after_epochs, capsys, how):
     assert cli(workdir / "a") == 0
     (reference,) = run_folders(workdir / "a")
-    run_dir = interrupted_after(workdir, monkeypatch, epochs=2)
+    run_dir = interrupted_after(workdir, stopped_after_epochs, epochs=2)
     assert int(load_checkpoint(run_dir / "last.pt.prev")["stage_epoch"]) == 1
     damage(run_dir / "last.pt", how)
     capsys.readouterr()
@@ -77,8 +68,9 @@ def test_a_damaged_checkpoint_resumes_from_the_previous_one(workdir, monkeypatch
 
 
 @pytest.mark.parametrize("keep_prev", [True, False])
-def test_no_good_checkpoint_left_is_one_line_exit_2_and_nothing_changes(workdir, monkeypatch, capsys, keep_prev):
-    run_dir = interrupted_after(workdir, monkeypatch, epochs=2)
+def test_no_good_checkpoint_left_is_one_line_exit_2_and_nothing_changes(workdir, stopped_after_epochs, capsys,
+                                                                       keep_prev):
+    run_dir = interrupted_after(workdir, stopped_after_epochs, epochs=2)
     damage(run_dir / "last.pt", "truncated")
     if keep_prev:
         damage(run_dir / "last.pt.prev", "garbage")
